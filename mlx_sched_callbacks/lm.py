@@ -136,7 +136,8 @@ class MlxLmTraining(TrainingCallback):
             flush_secs=flush_secs,
         )
         self.iteration = 0  # global iterations finished
-        self._start_iteration = 0  # where this process's train() call began
+        self._start_iteration = 0  # where the current train() call began
+        self._stop = args.iters  # where it ends
         self._pulled = 0  # global iterations whose batch was handed to train()
         self._tokens_before = 0  # trained tokens reported before this process started
         self._last_trained_tokens = 0
@@ -184,9 +185,19 @@ class MlxLmTraining(TrainingCallback):
 
     # -- the run -----------------------------------------------------------
 
-    def train(self) -> None:
-        """Run mlx-lm's ``train()`` from the current iteration to ``args.iters``."""
-        remaining = self.args.iters - self.iteration
+    def train(self, until: int | None = None) -> None:
+        """Run mlx-lm's ``train()`` from the current iteration to ``until`` (default: ``iters``).
+
+        Stopping at ``until`` writes a checkpoint there; a later ``train()`` (in this
+        process, or in another after :meth:`resume`) continues exactly.
+        """
+        stop = self.args.iters if until is None else min(until, self.args.iters)
+        if stop % self.args.grad_accumulation_steps and stop != self.args.iters:
+            raise ValueError(
+                "until must be a multiple of grad_accumulation_steps="
+                f"{self.args.grad_accumulation_steps}, got {until}."
+            )
+        remaining = stop - self.iteration
         if remaining <= 0:
             self.callback.close()
             return
@@ -196,7 +207,7 @@ class MlxLmTraining(TrainingCallback):
             # Saves are numbered by the global iteration here; mlx-lm would restart at 1.
             steps_per_save=remaining + 1,
         )
-        self._start_iteration = self.iteration
+        self._start_iteration, self._stop = self.iteration, stop
         self.optimizer.init(self.model.trainable_parameters())
         with self.callback:
             mlx_lm_trainer.train(
@@ -210,6 +221,8 @@ class MlxLmTraining(TrainingCallback):
                 training_callback=self,
             )
             self._finish_iteration()
+        # A later train() call picks up the data stream mid-epoch, as after a resume.
+        self._resume_data = self.trainer_state()
 
     def iterate_batches(
         self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None
@@ -257,7 +270,7 @@ class MlxLmTraining(TrainingCallback):
         self.iteration = self._pulled
         if self.iteration % self.args.grad_accumulation_steps == 0:
             self.callback.on_step_end()
-        if self.iteration % self.args.steps_per_save == 0 or self.iteration == self.args.iters:
+        if self.iteration % self.args.steps_per_save == 0 or self.iteration == self._stop:
             self.save_checkpoint()
 
     def _x(self, iteration: int) -> int:
@@ -314,16 +327,9 @@ class MlxLmTraining(TrainingCallback):
 
     # -- checkpoints -------------------------------------------------------
 
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current iteration; only rank 0 writes files."""
-        # mlx's random state cannot be read back (for LoRA dropout, say), so every
-        # run, resumed or not, reseeds it at each checkpoint from the iteration.
-        mx_seed = int(np.random.default_rng(self.iteration).integers(2**31))
-        if self.rank != 0:
-            mx.random.seed(mx_seed)
-            return None
-        adapters = dict(tree_flatten(self.model.trainable_parameters()))
-        state = {
+    def trainer_state(self) -> dict:
+        """Where the run is: iteration, data position, and what must match on resume."""
+        return {
             "format": TRAINER_FORMAT,
             "version": 1,
             "iteration": self.iteration,
@@ -334,8 +340,19 @@ class MlxLmTraining(TrainingCallback):
             "epoch_position": self._epoch_position,
             "numpy_epoch_start": _numpy_state_to_json(self._epoch_start_state),
             "numpy_now": _numpy_state_to_json(np.random.get_state()),
-            "mx_random_seed": mx_seed,
+            "mx_random_seed": _mx_seed(self.iteration),
         }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current iteration; only rank 0 writes files."""
+        # mlx's random state cannot be read back (for LoRA dropout, say), so every
+        # run, resumed or not, reseeds it at each checkpoint from the iteration.
+        mx_seed = _mx_seed(self.iteration)
+        if self.rank != 0:
+            mx.random.seed(mx_seed)
+            return None
+        adapters = dict(tree_flatten(self.model.trainable_parameters()))
+        state = self.trainer_state()
         folder = write_checkpoint(
             self.checkpoint_dir,
             self.iteration,
@@ -356,3 +373,7 @@ class MlxLmTraining(TrainingCallback):
             write_bytes_atomic(numbered, data)
         prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         return folder
+
+
+def _mx_seed(iteration: int) -> int:
+    return int(np.random.default_rng(iteration).integers(2**31))

@@ -1,0 +1,83 @@
+"""A LoRA run through mlx-lm's real train() with MlxLmTraining, for subprocess tests.
+
+Prints "iteration N" after each of mlx-lm's reports (steps_per_report=1), so a
+test can SIGKILL it at a chosen iteration.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx_lm.tuner.callbacks import TrainingCallback
+from mlx_lm.tuner.datasets import CacheDataset, load_dataset
+from mlx_lm.tuner.trainer import TrainingArgs
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from mlx_sched_callbacks import schedules
+from mlx_sched_callbacks.lm import MlxLmTraining
+from mlx_sched_callbacks.tiny import load_tiny
+
+SCHEDULE = schedules.from_mlx_lm_config(
+    {"name": "cosine_decay", "arguments": [2e-3, 50, 1e-5], "warmup": 10}
+)
+
+
+class PrintIterations(TrainingCallback):
+    def __init__(self):
+        self.reports = []
+
+    def on_train_loss_report(self, info):
+        self.reports.append(info)
+        print(f"iteration {info['iteration']}", flush=True)
+
+
+def build(model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_steps=1):
+    model, tokenizer = load_tiny(model_dir)
+    np.random.seed(0)
+    mx.random.seed(0)
+    data = argparse.Namespace(
+        data=str(data_dir), train=True, test=False, hf_dataset=None, mask_prompt=False
+    )
+    train_set, valid_set, _ = load_dataset(data, tokenizer)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 8, "dropout": 0.0, "scale": 20.0})
+    optimizer = optim.Adam(learning_rate=0.0)
+    training_args = TrainingArgs(
+        batch_size=4, iters=iters, val_batches=2, steps_per_report=1, steps_per_eval=25,
+        steps_per_save=save_every, adapter_file=Path(out) / "adapters.safetensors",
+        grad_accumulation_steps=grad_accumulation_steps,
+    )  # fmt: skip
+    Path(out).mkdir(parents=True, exist_ok=True)
+    printer = PrintIterations()
+    training = MlxLmTraining(
+        model, optimizer, SCHEDULE, training_args, CacheDataset(train_set),
+        CacheDataset(valid_set), log_dir=Path(out) / "tensorboard", training_callback=printer,
+    )  # fmt: skip
+    return training, printer
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iters", type=int, default=60)
+    parser.add_argument("--save-every", type=int, default=20)
+    parser.add_argument("--grad-accumulation-steps", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    training, printer = build(
+        args.model, args.data, args.out, args.iters, args.save_every,
+        args.grad_accumulation_steps,
+    )  # fmt: skip
+    if args.resume:
+        print(f"resumed at {training.resume()}", flush=True)
+    training.train()
+    (args.out / "reports.json").write_text(json.dumps(printer.reports))
+
+
+if __name__ == "__main__":
+    main()
