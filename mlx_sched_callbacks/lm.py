@@ -36,7 +36,9 @@ from . import schedules
 from ._files import read_json, write_bytes_atomic
 from .callback import LRScheduleCallback
 from .checkpoint import (
+    checkpoint_problem,
     latest_checkpoint,
+    list_checkpoints,
     load_optimizer_state,
     prune_checkpoints,
     save_optimizer_state,
@@ -54,6 +56,64 @@ TRAIN_TAGS = {
     "trained_tokens": "train/trained_tokens",
     "peak_memory": "train/peak_memory_gb",
 }
+
+
+_TRAINER_FIELDS = {
+    "iteration": int,
+    "iters": int,
+    "grad_accumulation_steps": int,
+    "batch_size": int,
+    "trained_tokens": (int, float),
+    "epoch_position": int,
+    "numpy_epoch_start": list,
+    "numpy_now": list,
+    "mx_random_seed": int,
+}
+
+
+def _validate_trainer_state(state) -> dict:
+    where = f"trainer state ({TRAINER_STATE})"
+    if not isinstance(state, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(state).__name__}.")
+    if state.get("format") != TRAINER_FORMAT or state.get("version") != 1:
+        raise ValueError(
+            f"{where} has format {state.get('format')!r} version {state.get('version')!r}, "
+            f"expected {TRAINER_FORMAT!r} version 1."
+        )
+    missing = sorted(set(_TRAINER_FIELDS) - set(state))
+    if missing:
+        raise ValueError(f"{where} is missing field(s) {missing}.")
+    for name, kind in _TRAINER_FIELDS.items():
+        if isinstance(state[name], bool) or not isinstance(state[name], kind):
+            raise ValueError(f"{where}: {name} has the wrong type: {state[name]!r}.")
+    return state
+
+
+def load_adapters_checked(model, path: str | os.PathLike) -> None:
+    """Load trainable weights, refusing names or shapes this model does not have.
+
+    (``model.load_weights(..., strict=False)`` would skip the shape check.)
+    """
+    path = Path(path)
+    try:
+        loaded = mx.load(str(path))
+    except Exception as error:  # mlx raises bare RuntimeError/ValueError for bad files
+        raise ValueError(f"adapters {path} cannot be read as safetensors: {error}") from None
+    expected = dict(tree_flatten(model.trainable_parameters()))
+    problems = [f"{k} is missing" for k in sorted(set(expected) - set(loaded))]
+    problems += [f"{k} is not in this model" for k in sorted(set(loaded) - set(expected))]
+    problems += [
+        f"{k} has shape {tuple(loaded[k].shape)}, this model needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in loaded and loaded[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"adapters {path} do not fit this model: "
+            + "; ".join(problems[:5])
+            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        )
+    model.load_weights(list(loaded.items()), strict=False)
 
 
 def _numpy_state_to_json(state) -> list:
@@ -152,25 +212,30 @@ class MlxLmTraining(TrainingCallback):
     ) -> int:
         """Continue from ``checkpoint``, or from the newest complete one; return the iteration.
 
-        Without any complete checkpoint this is a fresh start (iteration 0). Call it
-        before :meth:`train`.
+        Without a complete checkpoint this is a fresh start (iteration 0); incomplete
+        ones are skipped with a message saying why. A checkpoint that does not fit
+        this run (another model, batch size, schedule...) is an error naming the file.
+        Call it before :meth:`train`.
         """
-        folder = Path(checkpoint) if checkpoint else latest_checkpoint(self.checkpoint_dir)
-        if folder is None:
-            return 0
-        state = read_json(folder / TRAINER_STATE, "trainer state")
-        if state.get("format") != TRAINER_FORMAT or state.get("version") != 1:
-            raise ValueError(
-                f"{folder / TRAINER_STATE}: format {state.get('format')!r} version "
-                f"{state.get('version')!r}, expected {TRAINER_FORMAT!r} version 1."
-            )
+        if checkpoint is not None:
+            folder = Path(checkpoint)
+            if (problem := checkpoint_problem(folder)) is not None:
+                raise ValueError(f"cannot resume from {folder}: {problem}.")
+        else:
+            folder = latest_checkpoint(self.checkpoint_dir)
+            for _, newer in list_checkpoints(self.checkpoint_dir):
+                if (folder is None or newer.name > folder.name) and self.rank == 0:
+                    print(f"Skipping {newer}: {checkpoint_problem(newer)}", flush=True)
+            if folder is None:
+                return 0
+        state = _validate_trainer_state(read_json(folder / TRAINER_STATE, "trainer state"))
         for name in ("grad_accumulation_steps", "batch_size"):
             if state[name] != getattr(self.args, name):
                 raise ValueError(
                     f"{folder}: the checkpoint was trained with {name}={state[name]}, "
                     f"this run has {getattr(self.args, name)}; the data order would differ."
                 )
-        self.model.load_weights(str(folder / "adapters.safetensors"), strict=False)
+        load_adapters_checked(self.model, folder / "adapters.safetensors")
         load_optimizer_state(
             self.optimizer,
             folder / "optimizer.safetensors",
