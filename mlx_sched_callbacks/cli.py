@@ -16,6 +16,7 @@ Learning-rate schedules for MLX fine-tuning, logged to TensorBoard, resumed exac
 commands:
   demo    fine-tune a tiny built-in model with LoRA (no downloads, under a minute)
   lora    mlx_lm.lora with a per-step schedule, TensorBoard logs and --resume
+  plot    preview a schedule: a PNG, the rate at each phase boundary, a TensorBoard plan
 
 Run `mlx-sched COMMAND --help` for a command's options.
 """
@@ -223,7 +224,13 @@ def demo_main(argv) -> None:
     print(f"Open the logs with: tensorboard --logdir {out / 'tensorboard'}")
 
 
-COMMANDS = {"lora": lora_main, "demo": demo_main}
+def plot_main(argv) -> None:
+    from .plot import plot_main as main
+
+    main(argv)
+
+
+COMMANDS = {"lora": lora_main, "demo": demo_main, "plot": plot_main}
 
 
 def main(argv=None) -> int:
