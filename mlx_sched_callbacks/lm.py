@@ -215,7 +215,8 @@ class MlxLmTraining(TrainingCallback):
         Without a complete checkpoint this is a fresh start (iteration 0); incomplete
         ones are skipped with a message saying why. A checkpoint that does not fit
         this run (another model, batch size, schedule...) is an error naming the file.
-        Call it before :meth:`train`.
+        Call it before :meth:`train`. In a distributed run every rank calls it and
+        reads rank 0's checkpoint folder, which must be on a file system they share.
         """
         if checkpoint is not None:
             folder = Path(checkpoint)
@@ -226,9 +227,12 @@ class MlxLmTraining(TrainingCallback):
             for _, newer in list_checkpoints(self.checkpoint_dir):
                 if (folder is None or newer.name > folder.name) and self.rank == 0:
                     print(f"Skipping {newer}: {checkpoint_problem(newer)}", flush=True)
-            if folder is None:
-                return 0
-        state = _validate_trainer_state(read_json(folder / TRAINER_STATE, "trainer state"))
+        state = None
+        if folder is not None:
+            state = _validate_trainer_state(read_json(folder / TRAINER_STATE, "trainer state"))
+        self._check_ranks_agree(0 if state is None else state["iteration"])
+        if state is None:
+            return 0
         for name in ("grad_accumulation_steps", "batch_size"):
             if state[name] != getattr(self.args, name):
                 raise ValueError(
@@ -247,6 +251,22 @@ class MlxLmTraining(TrainingCallback):
         self._resume_data = state
         mx.random.seed(state["mx_random_seed"])
         return self.iteration
+
+    def _check_ranks_agree(self, iteration: int) -> None:
+        # Every rank reads rank 0's checkpoints: a rank that finds another one (or
+        # none) would train another model, and the ranks' collectives would block
+        # each other for ever. Fail on every rank instead, before training.
+        world = mx.distributed.init()
+        if world.size() == 1:
+            return
+        mine = mx.array([iteration], dtype=mx.int64)
+        seen = mx.distributed.all_gather(mine, group=world, stream=mx.cpu).tolist()
+        if len(set(seen)) > 1:
+            raise RuntimeError(
+                f"rank {world.rank()}: the ranks would resume at iterations {seen} (by rank); "
+                f"every rank must read rank 0's checkpoints in {self.checkpoint_dir} "
+                "(a file system all ranks share)."
+            )
 
     # -- the run -----------------------------------------------------------
 
