@@ -24,6 +24,7 @@ from ._files import fsync_directory, read_json
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlx_sched_callbacks.checkpoint"
 _STEP_FOLDER = re.compile(r"^step_(\d{9,})$")
+_LEFTOVER = re.compile(r"^\.step_(\d{9,})\.(?:tmp|old)-\d+$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -119,10 +120,27 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and stale temporaries."""
-    complete = [f for _, f in list_checkpoints(root) if checkpoint_problem(f) is None]
-    for folder in complete[: max(len(complete) - keep, 0)]:
+    """Delete all but the newest ``keep`` complete checkpoints, and what killed runs left.
+
+    That is every temporary folder (``.step_*.tmp-<pid>``, ``.step_*.old-<pid>``) and
+    every incomplete checkpoint (one a killed prune half deleted) of a step up to the
+    newest complete checkpoint's: no save of those steps can still be running.
+    """
+    found = list_checkpoints(root)
+    complete = [(step, f) for step, f in found if checkpoint_problem(f) is None]
+    if not complete:
+        return
+    newest = complete[-1][0]
+    for _, folder in complete[: max(len(complete) - keep, 0)]:
         shutil.rmtree(folder, ignore_errors=True)
+    kept = {f for _, f in complete}
+    for step, folder in found:
+        if step < newest and folder not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
+    for entry in Path(root).iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and int(match.group(1)) <= newest:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def save_optimizer_state(optimizer, path: str | os.PathLike) -> None:

@@ -247,6 +247,10 @@ class MlxLmTraining(TrainingCallback):
         )
         self.callback.load(folder / "callback.json", allow_schedule_change=allow_schedule_change)
         self.iteration = self._pulled = state["iteration"]
+        # A run killed after the checkpoint and before mlx-lm's adapter files were
+        # written would lose them for good: write them again from the checkpoint.
+        if self.rank == 0:
+            self._write_adapter_files(folder)
         self._tokens_before = self._last_trained_tokens = state["trained_tokens"]
         self._resume_data = state
         mx.random.seed(state["mx_random_seed"])
@@ -449,15 +453,18 @@ class MlxLmTraining(TrainingCallback):
             },
         )
         mx.random.seed(mx_seed)
-        # mlx-lm's own adapter files, numbered by the global iteration.
+        self._write_adapter_files(folder)
+        prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
+        return folder
+
+    def _write_adapter_files(self, folder: Path) -> None:
+        """mlx-lm's own adapter files for checkpoint ``folder``, numbered by the global iteration."""
         adapter_file = Path(self.args.adapter_file)
         data = (folder / "adapters.safetensors").read_bytes()
         write_bytes_atomic(adapter_file, data)
         if self.iteration % self.args.steps_per_save == 0:
             numbered = adapter_file.parent / f"{self.iteration:07d}_adapters.safetensors"
             write_bytes_atomic(numbered, data)
-        prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
-        return folder
 
 
 def _mx_seed(iteration: int) -> int:
