@@ -8,6 +8,9 @@ import time
 import weakref
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.optimizers as optim
+
 from . import schedules
 from ._files import read_json, write_json_atomic
 from .events import EventWriter
@@ -15,6 +18,8 @@ from .events import EventWriter
 STATE_FORMAT = "mlx_sched_callbacks.LRScheduleCallback"
 STATE_VERSION = 1
 DEFAULT_TAG = "train/learning_rate"
+# Steps whose rates and arrays are made at once: 64 measured faster than 256 or 1024.
+_CACHE_STEPS = 64
 
 
 def _callable_rate_optimizers(optimizer) -> list:
@@ -41,6 +46,12 @@ def schedule_differences(ours, theirs, path: str = "schedule") -> list[str]:
             lines += schedule_differences(a, b, f"{path}[{i}]")
         return lines
     return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
+
+
+def _has_state(schedule) -> bool:
+    if hasattr(schedule, "state_dict"):
+        return True
+    return any(_has_state(inner) for inner in getattr(schedule, "schedules", ()))
 
 
 class LRScheduleCallback:
@@ -122,23 +133,76 @@ class LRScheduleCallback:
 
     # -- the two hooks -----------------------------------------------------
 
+    @property
+    def schedule(self) -> schedules.Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: schedules.Schedule) -> None:
+        self._schedule = schedule
+        self._cache_start, self._cache_rates = 0, []  # refilled at the next step
+        # A phase with state (reduce_on_plateau) can change the rates of later
+        # steps at any time: those rates are computed one step at a time.
+        self._cache_steps = 1 if _has_state(schedule) else _CACHE_STEPS
+
+    @property
+    def optimizer(self):
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer) -> None:
+        self._optimizer = optimizer
+        # Optimizers whose learning_rate setter is not mlx's own (MultiOptimizer
+        # sets each part) get the setter called.
+        setter = getattr(type(optimizer), "learning_rate", None)
+        self._store_directly = setter is optim.Optimizer.learning_rate
+        self._cache_start, self._cache_rates = 0, []  # refilled at the next step
+
+    def _fill_cache(self) -> None:
+        # The rates of the next steps and the float32 arrays the optimizer will
+        # hold, made in one go: cheaper per step (a join finds its phase once).
+        # They are schedule.at(step) exactly, from whatever step the run starts
+        # or resumes at.
+        start = self.step
+        try:
+            rates = self._schedule._at_range(start, start + self._cache_steps)
+        except Exception:  # maybe at a later step: let that step fail when it comes
+            rates = [self._schedule.at(start)]
+        if not all(map(math.isfinite, rates)):
+            # Stop before the first non-finite rate: the refill there raises.
+            rates = rates[: [math.isfinite(r) for r in rates].index(False)]
+            if not rates:
+                raise ValueError(
+                    f"LRScheduleCallback: the schedule gives learning rate "
+                    f"{self._schedule.at(start)!r} at step {start}; refusing to hand a "
+                    f"non-finite rate to the optimizer. Schedule: {self._schedule!r}"
+                )
+        self._cache_start, self._cache_rates = start, rates
+        # What `optimizer.learning_rate = rate` stores: mx.array(rate), float32, shape ().
+        self._cache_arrays = [mx.array(rate) for rate in rates] if self._store_directly else []
+
     def on_step_begin(self) -> float:
         """Set ``optimizer.learning_rate`` for the coming update and return it."""
-        rate = self.schedule.at(self.step)
-        if not math.isfinite(rate):
-            raise ValueError(
-                f"LRScheduleCallback: the schedule gives learning rate {rate!r} at step "
-                f"{self.step}; refusing to hand a non-finite rate to the optimizer. "
-                f"Schedule: {self.schedule!r}"
-            )
-        self.optimizer.learning_rate = rate
-        return rate
+        i = self.step - self._cache_start
+        if not 0 <= i < len(self._cache_rates):
+            self._fill_cache()
+            i = 0
+        if self._store_directly:
+            self._optimizer.state["learning_rate"] = self._cache_arrays[i]
+        else:
+            self._optimizer.learning_rate = self._cache_rates[i]
+        return self._cache_rates[i]
 
     def on_step_end(self) -> None:
         """Count the update just made; log its rate if this step is due."""
         self.step += 1
-        if self.log_dir is not None and self.step % self.log_every == 0:
-            self.log_scalar(self.tag, self.schedule.at(self.step - 1), self.step)
+        if self.step % self.log_every == 0 and self.log_dir is not None:
+            i = self.step - 1 - self._cache_start
+            if 0 <= i < len(self._cache_rates):
+                rate = self._cache_rates[i]
+            else:
+                rate = self._schedule.at(self.step - 1)
+            self.log_scalar(self.tag, rate, self.step)
 
     # -- TensorBoard -------------------------------------------------------
 
@@ -154,7 +218,9 @@ class LRScheduleCallback:
 
     def log_scalar(self, tag: str, value: float, step: int) -> None:
         """Log another value into the same run, on the same x-axis."""
-        writer = self.writer
+        writer = self._writer
+        if writer is None or writer.closed:
+            writer = self.writer
         if writer is not None:
             writer.add_scalar(tag, float(value), step)
             now = time.monotonic()

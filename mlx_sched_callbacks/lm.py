@@ -458,7 +458,7 @@ class MlxLmTraining(TrainingCallback):
         return folder
 
     def _write_adapter_files(self, folder: Path) -> None:
-        """mlx-lm's own adapter files for checkpoint ``folder``, numbered by the global iteration."""
+        """mlx-lm's own adapter files for ``folder``, numbered by the global iteration."""
         adapter_file = Path(self.args.adapter_file)
         data = (folder / "adapters.safetensors").read_bytes()
         write_bytes_atomic(adapter_file, data)

@@ -118,7 +118,21 @@ class Schedule:
     def values(self, num_steps: int) -> np.ndarray:
         """The values at steps ``0 .. num_steps - 1`` as a float64 numpy array."""
         num_steps = _check_int(self.name, "num_steps", num_steps, minimum=0)
-        return self(np.arange(num_steps, dtype=np.int64))
+        return self._values(0, num_steps)
+
+    def _values(self, start: int, stop: int) -> np.ndarray:
+        # Steps start .. stop - 1 with numpy; joins override it to skip masks.
+        steps = np.arange(start, stop, dtype=np.int64)
+        return np.asarray(self._array(steps, np), dtype=np.float64)
+
+    def _at_range(self, start: int, stop: int) -> list[float]:
+        """``[self.at(s) for s in range(start, stop)]``: the same floats, bit for bit.
+
+        The callback fills its cache of rates with it; joins override it to
+        hand each phase its steps without looking the phase up for every step.
+        """
+        at = self.at
+        return [at(s) for s in range(start, stop)]
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{f: getattr(self, f) for f in self._fields}}
@@ -153,6 +167,9 @@ class constant(Schedule):  # noqa: N801 - named like the mlx.optimizers function
     def at(self, step):
         return self.value
 
+    def _at_range(self, start, stop):
+        return [self.value] * max(0, stop - start)
+
     def _array(self, step, xp):
         if xp is mx:
             return mx.full(step.shape, self.value, dtype=mx.float32)
@@ -174,7 +191,13 @@ class linear_schedule(Schedule):  # noqa: N801
         self.steps = _check_int(self.name, "steps", steps, minimum=1)
 
     def at(self, step):
-        return min(step, self.steps) * ((self.end - self.init) / self.steps) + self.init
+        return self._at_range(step, step + 1)[0]
+
+    def _at_range(self, start, stop):
+        # The formula lives here, written for many steps at once (the callback's
+        # cache): the step-free parts out of the loop, no min() call in it.
+        steps, slope, init = self.steps, (self.end - self.init) / self.steps, self.init
+        return [(s if s < steps else steps) * slope + init for s in range(start, stop)]
 
     def _array(self, step, xp):
         return xp.minimum(step, self.steps) * ((self.end - self.init) / self.steps) + self.init
@@ -195,9 +218,17 @@ class cosine_decay(Schedule):  # noqa: N801
         self.end = _check_number(self.name, "end", end)
 
     def at(self, step):
-        s = min(step, self.decay_steps)
-        decay = 0.5 * (1.0 + math.cos((math.pi / self.decay_steps) * s))
-        return self.end + decay * (self.init - self.end)
+        return self._at_range(step, step + 1)[0]
+
+    def _at_range(self, start, stop):
+        # The formula lives here, written for many steps at once (the callback's
+        # cache): the step-free parts out of the loop, no min() call in it.
+        cos, n, end, span = math.cos, self.decay_steps, self.end, self.init - self.end
+        frequency = math.pi / self.decay_steps
+        return [
+            end + 0.5 * (1.0 + cos(frequency * (s if s < n else n))) * span
+            for s in range(start, stop)
+        ]
 
     def _array(self, step, xp):
         s = xp.minimum(step, self.decay_steps)
@@ -430,6 +461,30 @@ class join_schedules(Schedule):  # noqa: N801
             later = schedule._array(mx.maximum(step, boundary) - boundary, mx)
             output = mx.where(step < boundary, output, later)
         return output
+
+    def _phases(self, start: int, stop: int):
+        """``(schedule, offset, lo, hi)`` for each phase that steps ``start .. stop - 1`` reach.
+
+        As in ``at()``, the first phase has no lower end and the last no upper end.
+        """
+        offsets = [0, *self.boundaries]
+        for i, schedule in enumerate(self.schedules):
+            lo = max(start, offsets[i]) if i else start
+            hi = min(stop, offsets[i + 1]) if i + 1 < len(offsets) else stop
+            if lo < hi:
+                yield schedule, offsets[i], lo, hi
+
+    def _values(self, start, stop):
+        out = np.empty(max(0, stop - start), dtype=np.float64)
+        for schedule, offset, lo, hi in self._phases(start, stop):
+            out[lo - start : hi - start] = schedule._values(lo - offset, hi - offset)
+        return out
+
+    def _at_range(self, start, stop):
+        out = []
+        for schedule, offset, lo, hi in self._phases(start, stop):
+            out += schedule._at_range(lo - offset, hi - offset)
+        return out
 
     def to_dict(self):
         return {
