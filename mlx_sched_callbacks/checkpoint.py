@@ -178,8 +178,19 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
                 + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             )
     state = tree_unflatten(list(loaded.items()))
-    optimizer.state.clear()
-    optimizer.state.update(state)
+    # A MultiOptimizer's state is a fresh {"states": [...]} on every read: restore
+    # each part's own dict instead.
+    parts = getattr(optimizer, "optimizers", None)
+    targets = [o.state for o in parts] if parts else [optimizer.state]
+    sources = state.get("states", []) if parts else [state]
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"optimizer state {path} holds {len(sources)} optimizers' state, this "
+            f"optimizer has {len(targets)}."
+        )
+    for target, source in zip(targets, sources):
+        target.clear()
+        target.update(source)
 
 
 def read_checkpoint_json(folder: str | os.PathLike, name: str):

@@ -166,6 +166,8 @@ class MlxLmTraining(TrainingCallback):
         training_callback: TrainingCallback | None = None,
         log_every: int = 1,
         flush_secs: float = 10.0,
+        hyperparameters: dict | None = None,
+        names: list[str] | None = None,
     ):
         k = args.grad_accumulation_steps
         if args.steps_per_save % k:
@@ -194,6 +196,8 @@ class MlxLmTraining(TrainingCallback):
             log_dir if self.rank == 0 else None,  # one writer for the whole run
             log_every=log_every,
             flush_secs=flush_secs,
+            hyperparameters=hyperparameters,
+            names=names,
         )
         self.iteration = 0  # global iterations finished
         self._start_iteration = 0  # where the current train() call began
@@ -326,9 +330,10 @@ class MlxLmTraining(TrainingCallback):
         k = self.args.grad_accumulation_steps
         for batch in self._training_batches(batches, comm_group):
             self._pulled += 1
+            # Validation first: a plateau phase it feeds may lower this very update's rate.
+            self._maybe_evaluate(self._pulled)
             if (self._pulled - 1) % k == 0:
                 self.callback.on_step_begin()
-            self._maybe_evaluate(self._pulled)
             yield batch
             self._finish_iteration()
 
@@ -387,6 +392,7 @@ class MlxLmTraining(TrainingCallback):
                 f"Iter {iteration}: Val loss {val_loss:.3f}, Val took {val_time:.3f}s", flush=True
             )
         self.callback.log_scalar("val/loss", val_loss, self._x(iteration))
+        self.callback.on_validation(val_loss)  # feeds reduce_on_plateau phases
         if self.next_callback is not None:
             self.next_callback.on_val_loss_report(
                 {"iteration": iteration - 1, "val_loss": val_loss, "val_time": val_time}

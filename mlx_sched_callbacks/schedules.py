@@ -37,6 +37,7 @@ __all__ = [
     "join_schedules",
     "linear_schedule",
     "polynomial_decay",
+    "reduce_on_plateau",
     "step_decay",
     "warmup_cosine",
     "warmup_stable_decay",
@@ -643,3 +644,9 @@ def from_mlx_lm_config(cfg: dict) -> Schedule:
     warmup_init = cfg.get("warmup_init", 0.0)
     ramp = linear_schedule(warmup_init, arguments[0], warmup)
     return join_schedules([ramp, main], [warmup + 1])
+
+
+# A phase with state, built on the helpers above (hence imported last).
+from .plateau import reduce_on_plateau  # noqa: E402
+
+_KINDS[reduce_on_plateau.name] = reduce_on_plateau

@@ -34,7 +34,10 @@ class PrintIterations(TrainingCallback):
         print(f"iteration {info['iteration']}", flush=True)
 
 
-def build(model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_steps=1):
+def build(
+    model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_steps=1,
+    schedule=SCHEDULE, steps_per_eval=25,
+):  # fmt: skip
     model, tokenizer = load_tiny(model_dir)
     np.random.seed(0)
     mx.random.seed(0)
@@ -46,14 +49,14 @@ def build(model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_s
     linear_to_lora_layers(model, 2, {"rank": 8, "dropout": 0.0, "scale": 20.0})
     optimizer = optim.Adam(learning_rate=0.0)
     training_args = TrainingArgs(
-        batch_size=4, iters=iters, val_batches=2, steps_per_report=1, steps_per_eval=25,
+        batch_size=4, iters=iters, val_batches=2, steps_per_report=1, steps_per_eval=steps_per_eval,
         steps_per_save=save_every, adapter_file=Path(out) / "adapters.safetensors",
         grad_accumulation_steps=grad_accumulation_steps,
     )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     printer = PrintIterations()
     training = MlxLmTraining(
-        model, optimizer, SCHEDULE, training_args, CacheDataset(train_set),
+        model, optimizer, schedule, training_args, CacheDataset(train_set),
         CacheDataset(valid_set), log_dir=Path(out) / "tensorboard", training_callback=printer,
     )  # fmt: skip
     return training, printer
