@@ -157,26 +157,11 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
     against the ones this model needs, and a mismatch is reported by name.
     """
     path = Path(path)
-    try:
-        loaded = mx.load(str(path))
-    except Exception as error:  # mlx raises bare RuntimeError/ValueError for bad files
-        raise ValueError(f"optimizer state {path} cannot be read as safetensors: {error}") from None
+    loaded = read_arrays(path, "optimizer state")
     if parameters is not None:
         optimizer.init(parameters)
         expected = dict(tree_flatten(optimizer.state))
-        problems = [f"{k} is missing" for k in sorted(set(expected) - set(loaded))]
-        problems += [f"{k} is not in this optimizer" for k in sorted(set(loaded) - set(expected))]
-        problems += [
-            f"{k} has shape {tuple(loaded[k].shape)}, this model needs {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in loaded and loaded[k].shape != v.shape
-        ]
-        if problems:
-            raise ValueError(
-                f"optimizer state {path} does not fit this model and optimizer: "
-                + "; ".join(problems[:5])
-                + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            )
+        check_fit(loaded, expected, f"optimizer state {path}", "this model and optimizer")
     state = tree_unflatten(list(loaded.items()))
     # A MultiOptimizer's state is a fresh {"states": [...]} on every read: restore
     # each part's own dict instead.
@@ -191,6 +176,31 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
     for target, source in zip(targets, sources):
         target.clear()
         target.update(source)
+
+
+def read_arrays(path: Path, what: str) -> dict:
+    """The arrays of a safetensors file, or an error naming the file."""
+    try:
+        return mx.load(str(path))
+    except Exception as error:  # mlx raises bare RuntimeError/ValueError for bad files
+        raise ValueError(f"{what} {path} cannot be read as safetensors: {error}") from None
+
+
+def check_fit(loaded: dict, expected: dict, what: str, target: str) -> None:
+    """Refuse arrays whose names or shapes differ from ``expected``, naming the first few."""
+    problems = [f"{k} is missing" for k in sorted(set(expected) - set(loaded))]
+    problems += [f"{k} is not in {target}" for k in sorted(set(loaded) - set(expected))]
+    problems += [
+        f"{k} has shape {tuple(loaded[k].shape)}, this model needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in loaded and loaded[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{what} does not fit {target}: "
+            + "; ".join(problems[:5])
+            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        )
 
 
 def read_checkpoint_json(folder: str | os.PathLike, name: str):

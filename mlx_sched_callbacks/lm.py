@@ -36,11 +36,13 @@ from . import schedules
 from ._files import read_json, write_bytes_atomic
 from .callback import LRScheduleCallback
 from .checkpoint import (
+    check_fit,
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
     load_optimizer_state,
     prune_checkpoints,
+    read_arrays,
     save_optimizer_state,
     write_checkpoint,
 )
@@ -95,24 +97,9 @@ def load_adapters_checked(model, path: str | os.PathLike) -> None:
     (``model.load_weights(..., strict=False)`` would skip the shape check.)
     """
     path = Path(path)
-    try:
-        loaded = mx.load(str(path))
-    except Exception as error:  # mlx raises bare RuntimeError/ValueError for bad files
-        raise ValueError(f"adapters {path} cannot be read as safetensors: {error}") from None
+    loaded = read_arrays(path, "adapters")
     expected = dict(tree_flatten(model.trainable_parameters()))
-    problems = [f"{k} is missing" for k in sorted(set(expected) - set(loaded))]
-    problems += [f"{k} is not in this model" for k in sorted(set(loaded) - set(expected))]
-    problems += [
-        f"{k} has shape {tuple(loaded[k].shape)}, this model needs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in loaded and loaded[k].shape != v.shape
-    ]
-    if problems:
-        raise ValueError(
-            f"adapters {path} do not fit this model: "
-            + "; ".join(problems[:5])
-            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        )
+    check_fit(loaded, expected, f"adapters {path}", "this model")
     model.load_weights(list(loaded.items()), strict=False)
 
 

@@ -134,7 +134,7 @@ def test_adapters_from_another_model(run):
     mx.save_safetensors(str(newest / "adapters.safetensors"), {"layers.0.other": mx.zeros(2)})
     refresh_manifest(newest, "adapters.safetensors")
     with pytest.raises(
-        ValueError, match=r"adapters.safetensors do not fit this model: .* is missing"
+        ValueError, match=r"adapters.safetensors does not fit this model: .* is missing"
     ):
         fresh().resume()
 
