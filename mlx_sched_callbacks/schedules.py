@@ -55,10 +55,25 @@ def _describe(value) -> str:
 def _check_number(owner: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{owner}: {name} must be a finite number, got {_describe(value)}.")
-    value = float(value)
+    try:
+        value = float(value) + 0.0  # + 0.0: -0.0 and 0.0 are one value, with one fingerprint
+    except OverflowError:
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.") from None
     if not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.")
     return value
+
+
+def _check_span(owner: str, init: float, end: float) -> None:
+    if not math.isfinite(init - end):
+        raise ValueError(
+            f"{owner}: init - end must be a finite number, got init={init!r}, end={end!r}."
+        )
+
+
+def _clip(value: float, a: float, b: float) -> float:
+    # Rounding must not carry a value past the ends it moves between.
+    return min(max(value, a), b) if a <= b else min(max(value, b), a)
 
 
 def _check_positive_number(owner: str, name: str, value) -> float:
@@ -190,18 +205,26 @@ class linear_schedule(Schedule):  # noqa: N801
         self.init = _check_number(self.name, "init", init)
         self.end = _check_number(self.name, "end", end)
         self.steps = _check_int(self.name, "steps", steps, minimum=1)
+        _check_span(self.name, self.init, self.end)
 
     def at(self, step):
         return self._at_range(step, step + 1)[0]
 
     def _at_range(self, start, stop):
         # The formula lives here, written for many steps at once (the callback's
-        # cache): the step-free parts out of the loop, no min() call in it.
-        steps, slope, init = self.steps, (self.end - self.init) / self.steps, self.init
-        return [(s if s < steps else steps) * slope + init for s in range(start, stop)]
+        # cache): the step-free parts out of the loop.
+        steps, init, end = self.steps, self.init, self.end
+        slope = (end - init) / steps
+        return [
+            _clip(s * slope + init, init, end) if s < steps else end for s in range(start, stop)
+        ]
 
     def _array(self, step, xp):
-        return xp.minimum(step, self.steps) * ((self.end - self.init) / self.steps) + self.init
+        value = xp.minimum(step, self.steps) * ((self.end - self.init) / self.steps) + self.init
+        if xp is mx:  # mlx's own float32 formula, unchanged
+            return value
+        low, high = min(self.init, self.end), max(self.init, self.end)
+        return np.where(step >= self.steps, self.end, np.clip(value, low, high))
 
 
 class cosine_decay(Schedule):  # noqa: N801
@@ -217,24 +240,32 @@ class cosine_decay(Schedule):  # noqa: N801
         self.init = _check_number(self.name, "init", init)
         self.decay_steps = _check_int(self.name, "decay_steps", decay_steps, minimum=1)
         self.end = _check_number(self.name, "end", end)
+        _check_span(self.name, self.init, self.end)
 
     def at(self, step):
         return self._at_range(step, step + 1)[0]
 
     def _at_range(self, start, stop):
         # The formula lives here, written for many steps at once (the callback's
-        # cache): the step-free parts out of the loop, no min() call in it.
-        cos, n, end, span = math.cos, self.decay_steps, self.end, self.init - self.end
-        frequency = math.pi / self.decay_steps
+        # cache): the step-free parts out of the loop.
+        cos, n, init, end = math.cos, self.decay_steps, self.init, self.end
+        span, frequency = init - end, math.pi / self.decay_steps
         return [
-            end + 0.5 * (1.0 + cos(frequency * (s if s < n else n))) * span
+            _clip(end + 0.5 * (1.0 + cos(frequency * s)) * span, init, end)
+            if 0 < s < n
+            else (init if s == 0 else end)
             for s in range(start, stop)
         ]
 
     def _array(self, step, xp):
         s = xp.minimum(step, self.decay_steps)
         decay = 0.5 * (1.0 + xp.cos((math.pi / self.decay_steps) * s))
-        return self.end + decay * (self.init - self.end)
+        value = self.end + decay * (self.init - self.end)
+        if xp is mx:  # mlx's own float32 formula, unchanged
+            return value
+        low, high = min(self.init, self.end), max(self.init, self.end)
+        value = np.where(step == 0, self.init, np.clip(value, low, high))
+        return np.where(step >= self.decay_steps, self.end, value)
 
 
 class exponential_decay(Schedule):  # noqa: N801
@@ -302,14 +333,21 @@ class polynomial_decay(Schedule):  # noqa: N801
         self.decay_steps = _check_int(self.name, "decay_steps", decay_steps, minimum=1)
         self.end = _check_number(self.name, "end", end)
         self.power = _check_positive_number(self.name, "power", power)
+        _check_span(self.name, self.init, self.end)
 
     def at(self, step):
+        if step == 0:
+            return self.init
         remaining = 1.0 - min(step, self.decay_steps) / self.decay_steps
-        return self.end + (self.init - self.end) * remaining**self.power
+        return _clip(self.end + (self.init - self.end) * remaining**self.power, self.init, self.end)
 
     def _array(self, step, xp):
         remaining = 1.0 - xp.minimum(step, self.decay_steps) / self.decay_steps
-        return self.end + (self.init - self.end) * remaining**self.power
+        value = self.end + (self.init - self.end) * remaining**self.power
+        if xp is mx:
+            return value
+        low, high = min(self.init, self.end), max(self.init, self.end)
+        return np.where(step == 0, self.init, np.clip(value, low, high))
 
 
 class inverse_sqrt(Schedule):  # noqa: N801
@@ -375,11 +413,26 @@ class cosine_restarts(Schedule):  # noqa: N801
                 cycle += 1
         length = self.period * self.period_mult**cycle
         into = step - self._cycle_start(cycle)
-        peak = self.init * self.peak_decay**cycle
+        try:
+            peak = self.init * self.peak_decay**cycle
+        except OverflowError:
+            peak = math.copysign(math.inf, self.init) if self.init else 0.0
         return self.end + (peak - self.end) * 0.5 * (1.0 + math.cos(math.pi * into / length))
 
     def _array(self, step, xp):
         mult, period = self.period_mult, self.period
+        if xp is np and mult > 1:
+            # Exact integer cycle starts: float64 rounding misplaces restarts past 2**52.
+            starts = [0]
+            while starts[-1] <= MAX_STEP:
+                starts.append(min(self._cycle_start(len(starts)), MAX_STEP + 1))
+            starts = np.array(starts, dtype=np.int64)
+            cycle = np.searchsorted(starts, step, side="right") - 1
+            length = period * np.float64(mult) ** cycle
+            with np.errstate(over="ignore"):
+                peak = self.init * self.peak_decay ** cycle.astype(np.float64)
+            into = (step - starts[cycle]).astype(np.float64)
+            return self.end + (peak - self.end) * 0.5 * (1.0 + np.cos(math.pi * into / length))
         if mult == 1:
             cycle = step // period
             start = cycle * period
@@ -512,6 +565,8 @@ def warmup_cosine(
     ``warmup_steps`` is 0.
     """
     owner = "warmup_cosine"
+    peak = _check_number(owner, "peak", peak)
+    init, end = _check_number(owner, "init", init), _check_number(owner, "end", end)
     warmup_steps = _check_int(owner, "warmup_steps", warmup_steps, minimum=0)
     total_steps = _check_int(owner, "total_steps", total_steps, minimum=1)
     if total_steps <= warmup_steps:
@@ -540,9 +595,16 @@ def warmup_stable_decay(
     ``warmup_steps + stable_steps + decay_steps``. Returns a :class:`join_schedules`.
     """
     owner = "warmup_stable_decay"
+    peak = _check_number(owner, "peak", peak)
+    init, end = _check_number(owner, "init", init), _check_number(owner, "end", end)
     warmup_steps = _check_int(owner, "warmup_steps", warmup_steps, minimum=0)
     stable_steps = _check_int(owner, "stable_steps", stable_steps, minimum=1)
     decay_steps = _check_int(owner, "decay_steps", decay_steps, minimum=1)
+    if warmup_steps + stable_steps > MAX_STEP:
+        raise ValueError(
+            f"{owner}: warmup_steps + stable_steps must be at most 2**53, got "
+            f"{warmup_steps} + {stable_steps}."
+        )
     if decay == "linear":
         decay_phase = linear_schedule(peak, end, decay_steps)
     elif decay == "cosine":
@@ -583,8 +645,11 @@ def from_dict(spec: dict) -> Schedule:
     """Rebuild a schedule from ``Schedule.to_dict()`` output (nested joins included)."""
     if not isinstance(spec, dict):
         raise ValueError(f"from_dict: spec must be a dict, got {_describe(spec)}.")
+    odd_keys = [k for k in spec if not isinstance(k, str)]
+    if odd_keys:
+        raise ValueError(f"from_dict: field names must be strings, got {odd_keys!r}.")
     name = spec.get("name")
-    if name not in _KINDS:
+    if not isinstance(name, str) or name not in _KINDS:
         raise ValueError(f"from_dict: name must be one of {sorted(_KINDS)}, got {name!r}.")
     cls = _KINDS[name]
     required, allowed = _constructor_fields(cls)
@@ -636,12 +701,20 @@ def from_mlx_lm_config(cfg: dict) -> Schedule:
         raise ValueError(
             f"{owner}: arguments must be a non-empty list, got {_describe(arguments)}."
         )
+    required, allowed = _constructor_fields(_KINDS[name])
+    if not len(required) <= len(arguments) <= len(allowed):
+        raise ValueError(
+            f"{owner}: arguments for {name} must be {allowed[: len(required)]} plus optionally "
+            f"{allowed[len(required) :]}, got {len(arguments)} values: {list(arguments)!r}."
+        )
     main = _KINDS[name](*arguments)
     warmup = cfg.get("warmup", 0) or 0
     warmup = _check_int(owner, "warmup", warmup, minimum=0)
     if not warmup:
         return main
-    warmup_init = cfg.get("warmup_init", 0.0)
+    if warmup + 1 > MAX_STEP:
+        raise ValueError(f"{owner}: warmup must be below 2**53, got {warmup}.")
+    warmup_init = _check_number(owner, "warmup_init", cfg.get("warmup_init", 0.0))
     ramp = linear_schedule(warmup_init, arguments[0], warmup)
     return join_schedules([ramp, main], [warmup + 1])
 
