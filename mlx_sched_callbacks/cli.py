@@ -206,11 +206,12 @@ def demo_main(argv) -> None:
     if args.resume:
         config.append("--resume")
     lora_namespace = lora_args(config)
-    lora_namespace.lr_schedule = {
+    lora_namespace_schedule = {
         "name": "cosine_decay",
         "arguments": [1e-3, args.iters - warmup, 1e-5],
         "warmup": warmup,
     }
+    lora_namespace.lr_schedule = dict(lora_namespace_schedule)
 
     class KillAt(TrainingCallback):
         def on_train_loss_report(self, info):
@@ -220,14 +221,18 @@ def demo_main(argv) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     run_lora(lora_namespace, extra_callback=KillAt() if args.kill_at else None)
+    print(f"Schedule: {schedule_from_config(lora_namespace_schedule, 0.0)!r}")
     print(f"Adapters and checkpoints: {out / 'adapters'}")
-    print(f"Open the logs with: tensorboard --logdir {out / 'tensorboard'}")
 
 
 def plot_main(argv) -> None:
     from .plot import plot_main as main
 
-    main(argv)
+    try:
+        main(argv)
+    except ImportError as error:  # matplotlib, an optional extra
+        print(f"mlx-sched plot: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 COMMANDS = {"lora": lora_main, "demo": demo_main, "plot": plot_main}

@@ -288,6 +288,7 @@ class MlxLmTraining(TrainingCallback):
             steps_per_save=remaining + 1,
         )
         self._start_iteration, self._stop = self.iteration, stop
+        self._set_aside_later_checkpoints()
         self.optimizer.init(self.model.trainable_parameters())
         with self.callback:
             mlx_lm_trainer.train(
@@ -303,6 +304,23 @@ class MlxLmTraining(TrainingCallback):
             self._finish_iteration()
         # A later train() call picks up the data stream mid-epoch, as after a resume.
         self._resume_data = self.trainer_state()
+
+    def _set_aside_later_checkpoints(self) -> None:
+        # Checkpoints past the point this run starts from belong to an earlier run
+        # (a fresh start in a used folder): left in place, a later resume would pick
+        # them up. Moved aside, not deleted.
+        later = [f for step, f in list_checkpoints(self.checkpoint_dir) if step > self.iteration]
+        if not later or self.rank != 0:
+            return
+        aside = self.checkpoint_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside.mkdir()
+        for folder in later:
+            os.replace(folder, aside / folder.name)
+        print(
+            f"Moved {len(later)} checkpoint(s) of an earlier run past iteration "
+            f"{self.iteration} to {aside}",
+            flush=True,
+        )
 
     def iterate_batches(
         self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None

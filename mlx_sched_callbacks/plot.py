@@ -43,7 +43,8 @@ __all__ = [
 DEFAULT_TAG = "train/learning_rate"  # the tag LRScheduleCallback logs under
 PLAN_MARKER = "mlx_sched_plan.json"  # beside the event files of a plan written by this module
 MATPLOTLIB_MISSING = (
-    "matplotlib is not installed; install it with: pip install 'mlx-sched-callbacks[plot]'"
+    "matplotlib is not installed; install it with: pip install 'mlx-sched-callbacks[plot]' "
+    "(from a clone: pip install -e '.[plot]')"
 )
 # Above this many steps the plot draws a min/max envelope per bucket of steps
 # instead of every point: the same picture, at a cost that does not grow with the run.

@@ -260,3 +260,9 @@ def test_no_log_dir_writes_nothing(tmp_path, monkeypatch):
         run_steps(callback, 3)
     assert list(tmp_path.iterdir()) == []
     assert math.isclose(callback.optimizer.learning_rate.item(), 0.02, rel_tol=1e-6)
+
+
+def test_save_creates_the_folder(tmp_path):
+    callback = LRScheduleCallback(seed_schedule(), optim.SGD(learning_rate=0.0))
+    callback.save(tmp_path / "new" / "deeper" / "cb.json")
+    assert json.loads((tmp_path / "new/deeper/cb.json").read_text())["step"] == 0

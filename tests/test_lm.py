@@ -239,3 +239,18 @@ def test_train_until_then_continue_in_process_is_exact(tiny, tmp_path, monkeypat
     whole_dir, parts_dir = tmp_path / "whole", tmp_path / "parts"
     assert_same_arrays(whole_dir / "adapters.safetensors", parts_dir / "adapters.safetensors")
     assert read_scalars(parts_dir / "tensorboard") == read_scalars(whole_dir / "tensorboard")
+
+
+def test_a_fresh_run_in_a_used_folder_sets_the_old_checkpoints_aside(tiny, tmp_path, capsys):
+    sys.path.insert(0, str(HERE))
+    from lm_run import build
+
+    old, _ = build(*tiny, tmp_path, iters=20, save_every=10)
+    old.train()
+    fresh, _ = build(*tiny, tmp_path, iters=20, save_every=10)
+    fresh.train(until=10)  # then "killed": a resume must continue this run, not the old one
+    assert "Moved 2 checkpoint(s) of an earlier run past iteration 0" in capsys.readouterr().out
+    (aside,) = (tmp_path / "checkpoints").glob("superseded-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step_000000010", "step_000000020"]
+    again, _ = build(*tiny, tmp_path, iters=20, save_every=10)
+    assert again.resume() == 10
