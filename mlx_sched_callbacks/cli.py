@@ -18,7 +18,7 @@ commands:
   lora    mlx_lm.lora with a per-step schedule, TensorBoard logs and --resume
   plot    preview a schedule: a PNG, the rate at each phase boundary, a TensorBoard plan
 
-Run `mlx-sched COMMAND --help` for a command's options.
+Run `mlx-sched COMMAND --help` for a command's options, `mlx-sched --version` for the version.
 """
 
 
@@ -240,6 +240,11 @@ COMMANDS = {"lora": lora_main, "demo": demo_main, "plot": plot_main}
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from . import __version__
+
+        print(f"mlx-sched {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(DESCRIPTION)
         if argv and argv[0] not in ("-h", "--help"):

@@ -183,6 +183,9 @@ def test_cli_help_and_unknown_command():
         [sys.executable, "-m", "mlx_sched_callbacks", "nope"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stdout
+    from mlx_sched_callbacks import __version__
+
+    assert run_cli("-m", "mlx_sched_callbacks", "--version").stdout == f"mlx-sched {__version__}\n"
 
 
 def test_demo_killed_then_resumed_continues_where_it_stopped(tmp_path):
