@@ -201,7 +201,8 @@ def demo_main(argv) -> None:
         "--num-layers", "2", "--batch-size", "4", "--iters", str(args.iters),
         "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "5",
         "--save-every", "50", "--adapter-path", str(out / "adapters"),
-        "--log-dir", str(out / "tensorboard"), "--learning-rate", "0",
+        "--log-dir", str(out / "tensorboard"),
+        "--learning-rate", "1e-3",  # the peak, for mlx-lm's header; the callback sets the rate
     ]  # fmt: skip
     if args.resume:
         config.append("--resume")
