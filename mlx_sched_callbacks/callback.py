@@ -53,7 +53,7 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 # mlx's SGD branches in Python on these (``if self.momentum <= 0``), which a traced
 # step cannot do on an array: they are read as a _BranchSafeScalar.
-_BRANCHED = {"SGD": ("momentum", "weight_decay", "dampening")}
+_SGD_BRANCHES = ("momentum", "weight_decay", "dampening")
 
 
 def _check_rate(value: float, what: str, step: int, schedule) -> float:
@@ -123,8 +123,9 @@ def _schedule_hyperparameter(optimizer, name: str):
     Python attributes, which a compiled step bakes in as constants. Read from the
     state instead, a new value reaches the compiled step without a retrace.
     """
+    values = optimizer.__dict__.setdefault("_scheduled_values", {})
     current = getattr(optimizer, name, None)
-    if isinstance(current, bool) or not isinstance(current, (int, float, _BranchSafeScalar)):
+    if name not in values and (isinstance(current, bool) or not isinstance(current, (int, float))):
         known = sorted(
             k for k, v in vars(optimizer).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")
@@ -133,12 +134,9 @@ def _schedule_hyperparameter(optimizer, name: str):
             f"LRScheduleCallback: hyperparameters: {type(optimizer).__name__} has no scalar "
             f"hyperparameter {name!r}; it has {known}."
         )
-    values = optimizer.__dict__.setdefault("_scheduled_values", {})
-    branched = name in _BRANCHED.get(type(optimizer).__name__, ()) or any(
-        name in _BRANCHED.get(base.__name__, ()) for base in type(optimizer).__mro__
-    )
+    branched = isinstance(optimizer, optim.SGD) and name in _SGD_BRANCHES
     if name not in values:
-        values[name] = float(getattr(current, "value", current))
+        values[name] = float(current)
         optimizer.__dict__.pop(name, None)
         if not getattr(type(optimizer), "_reads_hyperparameters_from_state", False):
             base = type(optimizer)
@@ -284,7 +282,7 @@ class LRScheduleCallback:
         self._extras = []  # (key, schedule, store) for every scalar besides the main rate
         for key, value in {**extras, **(hyperparameters or {})}.items():
             self._extras.append((key, value, self._store_for(key, parts, names)))
-        self._extra_values = [0.0] * len(self._extras)
+        self._main_rate, self._extra_values = None, [0.0] * len(self._extras)
         self._rate_set_for = -1
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.log_every = log_every
@@ -404,7 +402,7 @@ class LRScheduleCallback:
             self._optimizer.learning_rate = main
         for (_, _, store), value in zip(self._extras, values):
             store(value)
-        self._extra_values = values
+        self._main_rate, self._extra_values = main, values
         return values[0] if main is None else main
 
     def on_step_end(self) -> None:
@@ -412,8 +410,8 @@ class LRScheduleCallback:
         self.step += 1
         if self._extras:
             if self.step % self.log_every == 0 and self.log_dir is not None:
-                if self._schedule is not None:
-                    self.log_scalar(self.tag, self._schedule.at(self.step - 1), self.step)
+                if self._main_rate is not None:
+                    self.log_scalar(self.tag, self._main_rate, self.step)
                 for (key, _, _), value in zip(self._extras, self._extra_values):
                     self.log_scalar(f"train/{key}", value, self.step)
             return
@@ -436,13 +434,13 @@ class LRScheduleCallback:
         # The first update whose rate is not set yet: mid-way through an accumulation
         # group, the group's update already has its rate.
         step = self.step + (self._rate_set_for == self.step)
+        # Schedules with such phases are read afresh at every step (see the schedule
+        # setter), so a reduction needs nothing more here.
         reduced = False
         for schedule in self.schedules.values():
             for _, phase, first_step in stateful_phases(schedule):
                 if step >= first_step:
                     reduced |= phase.observe(loss, step - first_step)
-        if reduced:
-            self._cache_start, self._cache_rates = 0, []
         return reduced
 
     # -- TensorBoard -------------------------------------------------------

@@ -190,7 +190,7 @@ class MlxLmTraining(TrainingCallback):
         self._start_iteration = 0  # where the current train() call began
         self._stop = args.iters  # where it ends
         self._pulled = 0  # global iterations whose batch was handed to train()
-        self._tokens_before = 0  # trained tokens reported before this process started
+        self._tokens_before = 0  # trained tokens reported before this train() call
         self._last_trained_tokens = 0
         self._epoch_start_state = None
         self._epoch_position = 0
@@ -242,7 +242,7 @@ class MlxLmTraining(TrainingCallback):
         # written would lose them for good: write them again from the checkpoint.
         if self.rank == 0:
             self._write_adapter_files(folder)
-        self._tokens_before = self._last_trained_tokens = state["trained_tokens"]
+        self._last_trained_tokens = state["trained_tokens"]
         self._resume_data = state
         mx.random.seed(state["mx_random_seed"])
         return self.iteration
@@ -288,6 +288,8 @@ class MlxLmTraining(TrainingCallback):
             steps_per_save=remaining + 1,
         )
         self._start_iteration, self._stop = self.iteration, stop
+        # train() counts its tokens from 0 in every call.
+        self._tokens_before = self._last_trained_tokens
         self._set_aside_later_checkpoints()
         self.optimizer.init(self.model.trainable_parameters())
         with self.callback:

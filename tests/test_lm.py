@@ -242,6 +242,10 @@ def test_train_until_then_continue_in_process_is_exact(tiny, tmp_path, monkeypat
     whole_dir, parts_dir = tmp_path / "whole", tmp_path / "parts"
     assert_same_arrays(whole_dir / "adapters.safetensors", parts_dir / "adapters.safetensors")
     assert read_scalars(parts_dir / "tensorboard") == read_scalars(whole_dir / "tensorboard")
+    for tag in ("train/loss", "train/trained_tokens", "val/loss"):
+        assert read_scalars(parts_dir / "tensorboard", tag) == read_scalars(
+            whole_dir / "tensorboard", tag
+        ), tag
 
 
 def test_a_fresh_run_in_a_used_folder_sets_the_old_checkpoints_aside(tiny, tmp_path, capsys):
