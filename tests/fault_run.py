@@ -158,6 +158,15 @@ def _wrap_write_bytes_atomic(original):
     return write_bytes_atomic
 
 
+def _wrap_latest_sound_checkpoint(original):
+    def latest_sound_checkpoint(self):
+        folder, state = original(self)
+        print(f"CHOSEN {folder}", flush=True)
+        return folder, state
+
+    return latest_sound_checkpoint
+
+
 def _wrap_common(program) -> None:
     """Wrap the names ``program`` (a module) and the library call at run time."""
     LRScheduleCallback.on_step_end = _wrap_on_step_end(LRScheduleCallback.on_step_end)
@@ -165,7 +174,11 @@ def _wrap_common(program) -> None:
     checkpoint_module.fsync_directory = _wrap_fsync_directory(checkpoint_module.fsync_directory)
     checkpoint_module.shutil = _Shutil()
     program.write_checkpoint = _wrap_write_checkpoint(program.write_checkpoint)
-    program.latest_checkpoint = _wrap_latest_checkpoint(program.latest_checkpoint)
+    if hasattr(program, "latest_checkpoint"):
+        program.latest_checkpoint = _wrap_latest_checkpoint(program.latest_checkpoint)
+    else:  # the library's TrainingRun
+        found = program.TrainingRun._latest_sound_checkpoint
+        program.TrainingRun._latest_sound_checkpoint = _wrap_latest_sound_checkpoint(found)
 
 
 def run_custom(argv) -> None:
@@ -180,10 +193,10 @@ def run_lm(argv) -> None:
     sys.path.insert(0, str(HERE))
     import lm_run
 
-    from mlx_sched_callbacks import lm
+    from mlx_sched_callbacks import run
 
-    _wrap_common(lm)
-    lm.write_bytes_atomic = _wrap_write_bytes_atomic(lm.write_bytes_atomic)
+    _wrap_common(run)
+    run.write_bytes_atomic = _wrap_write_bytes_atomic(run.write_bytes_atomic)
     sys.argv = [str(HERE / "lm_run.py"), *argv]
     lm_run.main()
 

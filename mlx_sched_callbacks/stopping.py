@@ -1,0 +1,96 @@
+"""A polite stop: SIGINT and SIGTERM end a run at the next update boundary, with a checkpoint.
+
+A first Ctrl-C (or SIGTERM, or any signal named) only asks for a stop: training
+finishes the iteration under way and the accumulation group it belongs to,
+writes a checkpoint there, puts every logged point on disk, says how to resume
+and exits with the conventional code (128 + the signal: 130 for Ctrl-C, 143 for
+SIGTERM). A second Ctrl-C aborts at once, as Ctrl-C always does.
+
+``StopSignals`` is the piece every loop shares; a hand-written loop gets it
+through ``LRScheduleCallback.catch_signals()`` and asks
+``callback.stop_requested`` between steps.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import mlx.core as mx
+
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(SystemExit):
+    """Training stopped at an update boundary because of ``signal`` (or a failure).
+
+    A ``SystemExit``: uncaught, the process ends with ``code`` (130 for SIGINT,
+    143 for SIGTERM) and no traceback, after ``finally`` blocks have run.
+    """
+
+    def __init__(self, code: int, iteration: int, checkpoint=None, reason: str = ""):
+        super().__init__(code)
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        self.reason = reason
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """While entered, the named signals ask for a stop instead of ending the process.
+
+    ``requested`` is the first such signal received (``None`` before). A second
+    SIGINT raises ``KeyboardInterrupt`` at once. The previous handlers come back on
+    exit. Outside the main thread (where Python cannot install handlers) it does
+    nothing.
+    """
+
+    def __init__(self, signals=DEFAULT_SIGNALS):
+        self.signals = tuple(signals)
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.requested is None:
+            self.requested = signum
+            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+            print(
+                f"\n{signal_name(signum)}: stopping at the next update boundary, with a "
+                f"checkpoint{again}.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def agreed(self) -> int | None:
+        """The stop signal, as every rank of a distributed run sees it.
+
+        Call it on every rank at the same step: in a distributed run a signal
+        reaching one rank stops them all at that step (the highest signal number
+        wins), so no rank waits for ever in a collective the others left.
+        """
+        world = mx.distributed.init()
+        if world.size() == 1:
+            return self.requested
+        mine = mx.array([self.requested or 0], dtype=mx.int32)
+        seen = mx.distributed.all_gather(mine, group=world, stream=mx.cpu).tolist()
+        return max(seen) or None
