@@ -129,6 +129,8 @@ class TrainingRun:
     data_fields: dict = {}
     #: report field -> TensorBoard tag, for the trainer's loss reports.
     report_tags: dict = {}
+    #: whether the trainer applies a last, incomplete accumulation group (mlx-lm does not)
+    applies_leftover_group = False
 
     def __init__(
         self,
@@ -332,12 +334,14 @@ class TrainingRun:
             raise ValueError(f"{where}: batch_size or trained_tokens is out of range.")
         if state["mx_random_seed"] != _mx_seed(iteration):
             raise ValueError(f"{where}: mx_random_seed does not belong to iteration {iteration}.")
+        updates = iteration // k
+        if self.applies_leftover_group and iteration % k:
+            updates += 1
         callback_step = read_json(where.parent / "callback.json", "callback state").get("step")
-        if callback_step != iteration // k:
+        if callback_step != updates:
             raise ValueError(
                 f"{where.parent / 'callback.json'}: step {callback_step!r} does not match "
-                f"iteration {iteration} with grad_accumulation_steps {k} "
-                f"(expected {iteration // k})."
+                f"iteration {iteration} with grad_accumulation_steps {k} (expected {updates})."
             )
         self.check_data_state(state, str(where))
         return state
@@ -486,7 +490,9 @@ class TrainingRun:
         if self.iteration == self._pulled:
             return
         self.iteration = self._pulled
-        at_update = self.iteration % self.args.grad_accumulation_steps == 0
+        at_update = self.iteration % self.args.grad_accumulation_steps == 0 or (
+            self.applies_leftover_group and self.iteration == self.args.iters
+        )
         if at_update:
             self.callback.on_step_end()
         if self.iteration % self.args.steps_per_save == 0 or self.iteration == self._stop:
