@@ -1,0 +1,85 @@
+"""What every ``mlx-sched TRAINER`` command shares: its run options, and a run's start and end.
+
+A trainer command (``lora``, ``lm-lora``, ``vlm``) runs that trainer's own
+pipeline with training handed to a :class:`~.run.TrainingRun`; around it, the
+same flags, the same hold on the run folder before the model loads, the same
+resume and the same last lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .lock import hold_run_folders
+
+
+def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH") -> None:
+    """``--log-dir``, ``--resume``, ``--keep-checkpoints``, ``--allow-schedule-change``."""
+    ours = parser.add_argument_group("mlx-sched options")
+    ours.add_argument(
+        "--log-dir",
+        type=str,
+        default=None,
+        help=f"TensorBoard log directory (default: {folder}/tensorboard)",
+    )
+    ours.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue from the newest complete checkpoint in {folder}/checkpoints "
+        "(a fresh start, said so, if there is none)",
+    )
+    ours.add_argument(
+        "--keep-checkpoints", type=int, default=3, help="checkpoints to keep (default: 3)"
+    )
+    ours.add_argument(
+        "--allow-schedule-change",
+        action="store_true",
+        help="on --resume, continue with this run's schedule even if the checkpoint's differs",
+    )
+
+
+def schedule_from_config(lr_schedule, learning_rate: float):
+    """Our schedule for mlx-lm's ``lr_schedule`` (its own form or our ``to_dict`` form)."""
+    from . import schedules
+
+    if not lr_schedule:
+        return schedules.constant(learning_rate)
+    mlx_lm_keys = {"arguments", "warmup", "warmup_init"}
+    if isinstance(lr_schedule, dict) and mlx_lm_keys & lr_schedule.keys():
+        return schedules.from_mlx_lm_config(lr_schedule)
+    return schedules.from_dict(lr_schedule)
+
+
+def log_dir_for(run_folder: str | Path, log_dir: str | None) -> str:
+    return log_dir or str(Path(run_folder) / "tensorboard")
+
+
+def hold_before_loading(run_folder: str | Path, log_dir: str) -> None:
+    """One writer per run: refuse at once, before a model loads, if another process holds it."""
+    import mlx.core as mx
+
+    if mx.distributed.init().rank() == 0:
+        hold_run_folders(run_folder, log_dir)
+
+
+def resume_command(argv=None) -> str:
+    """The command line that continues this run: ``mlx-sched`` as called, with ``--resume``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["mlx-sched", *argv])
+
+
+def start_training(training, options, log_dir: str) -> None:
+    """Resume if asked, train, and say where the logs are.
+
+    A polite stop (SIGINT, SIGTERM) ends this with ``TrainingStopped``, a
+    ``SystemExit`` whose code (130, 143) becomes the process's exit code.
+    """
+    if options.resume:
+        training.resume(allow_schedule_change=options.allow_schedule_change)
+    training.train()
+    print(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {log_dir})", flush=True)
