@@ -1,17 +1,19 @@
 """``reduce_on_plateau``: a schedule phase that lowers the rate when validation loss stalls.
 
-It behaves like torch's ``ReduceLROnPlateau`` (``mode="min"``): after ``patience``
-reports without an improvement beyond ``threshold``, the rate is multiplied by
-``factor`` (never below ``min_value``), then ``cooldown`` reports pass before
-stalls count again. Unlike torch's, it is a schedule phase: it can be joined
-after a warmup, and its value is still a pure function of the step *given the
-steps at which it reduced*. Those steps, with the best loss and the counters,
-are its whole state: small, JSON, and saved in the callback's checkpoint, so a
-resumed run keeps its patience where it was.
+It follows torch's ``ReduceLROnPlateau`` (``mode="min"``) rule for rule and float for
+float: after ``patience`` reports without an improvement beyond ``threshold``, it tries
+``new = max(rate * factor, min_value)`` and takes it only if ``rate - new > eps``; either
+way ``cooldown`` reports then pass before stalls count again. Each rate is the previous
+one times ``factor``, in double precision, as torch computes it. Unlike torch's, it is a
+schedule phase: it can be joined after a warmup, and its value is still a pure function
+of the step *given the steps at which it reduced*. Those steps, with the best loss and
+the counters, are its whole state: small, JSON, and saved in the callback's checkpoint,
+so a resumed run keeps its patience where it was.
 
-Feed it with ``LRScheduleCallback.on_validation(loss)`` (``MlxLmTraining`` does
-so with every validation loss); reports that arrive before its phase has begun
-are ignored.
+Feed it with ``LRScheduleCallback.on_validation(loss)`` (``MlxLmTraining`` does so with
+every validation loss); reports that arrive before its phase has begun are ignored. A NaN
+or -inf loss is refused: torch would count NaN as a stall and keep -inf as a best loss
+that nothing beats, then cut the rate every ``patience + 1`` reports whatever comes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,24 @@ import numpy as np
 from . import schedules
 from .schedules import Schedule, _check_int, _check_number, _check_positive_number
 
+# torch's ReduceLROnPlateau default: a smaller cut of the rate is not made.
+DEFAULT_EPS = 1e-8
+
 
 class reduce_on_plateau(Schedule):  # noqa: N801 - named like the other schedules
     """``init``, multiplied by ``factor`` each time the loss stalls for ``patience`` reports."""
 
     name = "reduce_on_plateau"
-    _fields = ("init", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_value")
+    _fields = (
+        "init",
+        "factor",
+        "patience",
+        "threshold",
+        "threshold_mode",
+        "cooldown",
+        "min_value",
+        "eps",
+    )
 
     def __init__(
         self,
@@ -41,6 +55,7 @@ class reduce_on_plateau(Schedule):  # noqa: N801 - named like the other schedule
         threshold_mode: str = "rel",
         cooldown: int = 0,
         min_value: float = 0.0,
+        eps: float = DEFAULT_EPS,
     ):
         owner = self.name
         self.init = _check_number(owner, "init", init)
@@ -58,7 +73,19 @@ class reduce_on_plateau(Schedule):  # noqa: N801 - named like the other schedule
         self.threshold_mode = threshold_mode
         self.cooldown = _check_int(owner, "cooldown", cooldown, minimum=0)
         self.min_value = _check_number(owner, "min_value", min_value)
+        self.eps = _check_number(owner, "eps", eps)
+        if self.eps < 0:
+            raise ValueError(f"{owner}: eps must be >= 0, got {self.eps!r}.")
+        self._rates = [self.init]  # the rate after 0, 1, 2, ... reductions
         self.reset()
+
+    def to_dict(self) -> dict:
+        spec = super().to_dict()
+        # Schedules saved before eps existed used the default: their dicts, and so the
+        # fingerprints in their checkpoints, stay as they were.
+        if spec["eps"] == DEFAULT_EPS:
+            del spec["eps"]
+        return spec
 
     # -- the state ---------------------------------------------------------
 
@@ -89,12 +116,23 @@ class reduce_on_plateau(Schedule):  # noqa: N801 - named like the other schedule
         self.reductions = list(reductions)
 
     def observe(self, loss: float, step: int) -> bool:
-        """Take a validation loss measured after ``step`` local updates; True if it reduced."""
+        """Take a validation loss measured after ``step`` local updates; True if it reduced.
+
+        torch's ``ReduceLROnPlateau.step(loss)``, rule for rule.
+        """
         loss = float(loss)
-        if math.isnan(loss):
-            raise ValueError("reduce_on_plateau: the validation loss is NaN.")
+        if math.isnan(loss) or loss == -math.inf:
+            what = "NaN" if math.isnan(loss) else "-inf"
+            raise ValueError(
+                f"reduce_on_plateau: the validation loss is {what}; expected a number or +inf."
+            )
+        if self.reductions and step < self.reductions[-1]:
+            raise ValueError(
+                f"reduce_on_plateau: step must be at least {self.reductions[-1]} (the last "
+                f"reduction), got {step!r}."
+            )
         if self.threshold_mode == "rel":
-            improved = loss < self.best * (1 - self.threshold)
+            improved = loss < self.best * (1.0 - self.threshold)
         else:
             improved = loss < self.best - self.threshold
         if improved:
@@ -104,28 +142,38 @@ class reduce_on_plateau(Schedule):  # noqa: N801 - named like the other schedule
         if self.cooldown_left:
             self.cooldown_left -= 1
             self.stalled = 0
-        if self.stalled > self.patience and self.at(step) > self.min_value:
+        if self.stalled <= self.patience:
+            return False
+        # As in torch, a reduction too small to take (below eps, or held up by min_value)
+        # still restarts the counts and the cooldown.
+        self.stalled, self.cooldown_left = 0, self.cooldown
+        count = len(self.reductions)
+        if self._rate(count) - self._rate(count + 1) > self.eps:
             self.reductions.append(step)
-            self.stalled, self.cooldown_left = 0, self.cooldown
             return True
         return False
 
     # -- values --------------------------------------------------------------
 
-    def _value(self, count):
-        return max(self.init * self.factor**count, self.min_value)
+    def _rate(self, count: int) -> float:
+        """The rate after ``count`` reductions, each computed from the one before as torch does."""
+        rates = self._rates
+        while len(rates) <= count:
+            rates.append(max(rates[-1] * self.factor, self.min_value))
+        return rates[count]
 
     def at(self, step):
-        return self._value(bisect.bisect_right(self.reductions, step))
+        return self._rate(bisect.bisect_right(self.reductions, step))
 
     def _array(self, step, xp):
+        table = [self._rate(count) for count in range(len(self.reductions) + 1)]
         if xp is mx:
             count = mx.zeros(step.shape, dtype=mx.int32)
             for r in self.reductions:
                 count = count + (step >= r)
-            return mx.maximum(self.init * self.factor**count, self.min_value)
+            return mx.array(table, dtype=mx.float32)[count]
         count = np.searchsorted(np.asarray(self.reductions, dtype=np.int64), step, side="right")
-        return np.maximum(self.init * self.factor**count, self.min_value)
+        return np.asarray(table, dtype=np.float64)[count]
 
 
 def stateful_phases(schedule: Schedule, offset: int = 0, path: str = ""):
