@@ -115,7 +115,23 @@ def main(argv=None):
         optimizer.update(model, grads)
         return loss
 
-    with callback:
+    def save_checkpoint():
+        folder = write_checkpoint(
+            checkpoints,
+            callback.step,
+            {
+                "model.safetensors": lambda p: mx.save_safetensors(
+                    str(p), dict(tree_flatten(model.parameters()))
+                ),
+                "optimizer.safetensors": partial(save_optimizer_state, optimizer),
+                "callback.json": callback.save,
+            },
+        )
+        prune_checkpoints(checkpoints, keep=3)
+        print(f"checkpoint {folder}", flush=True)
+
+    # Ctrl-C or SIGTERM: finish the step, checkpoint, and exit with 128 + the signal.
+    with callback, callback.catch_signals():
         for step in range(callback.step, args.steps):
             lr = callback.on_step_begin()
             loss = train_step(*batch_for(step, x, y, args.batch_size, args.seed))
@@ -124,20 +140,19 @@ def main(argv=None):
             callback.log_scalar("train/loss", loss.item(), callback.step)
             print(f"step {callback.step} loss {loss.item():.4f} lr {lr:.6g}", flush=True)
 
-            if callback.step % args.checkpoint_every == 0 or callback.step == args.steps:
-                folder = write_checkpoint(
-                    checkpoints,
-                    callback.step,
-                    {
-                        "model.safetensors": lambda p: mx.save_safetensors(
-                            str(p), dict(tree_flatten(model.parameters()))
-                        ),
-                        "optimizer.safetensors": partial(save_optimizer_state, optimizer),
-                        "callback.json": callback.save,
-                    },
+            due = callback.step % args.checkpoint_every == 0 or callback.step == args.steps
+            if due:
+                save_checkpoint()
+            if signum := callback.stop_requested:
+                if not due:
+                    save_checkpoint()
+                print(
+                    f"Stopped by signal {signum} at step {callback.step}; continue with: "
+                    f"python examples/custom_loop.py --steps {args.steps} --out {args.out} "
+                    "--resume",
+                    flush=True,
                 )
-                prune_checkpoints(checkpoints, keep=3)
-                print(f"checkpoint {folder}", flush=True)
+                raise SystemExit(128 + signum)
 
     accuracy = (mx.argmax(model(mx.array(x)), axis=1) == mx.array(y)).mean().item()
     print(f"done: {callback.step} steps, accuracy {accuracy:.3f}")

@@ -1,9 +1,11 @@
-"""SIGKILL a real training run over and over, resume it every time, and lose nothing.
+"""Stop a real training run over and over (SIGKILL, SIGTERM, SIGINT), resume it, lose nothing.
 
 Issue "Reliability: nothing lost under kills". Each test runs a program through
 ``fault_run.py`` (which wraps, in its own process only, the names the program calls, so
 that it can stop at a chosen point) and kills it with SIGKILL more than 20 times in a row,
-resuming from the newest complete checkpoint each time. Half the kills hit a pause point
+resuming from the newest complete checkpoint each time. A third of the kills at random
+moments are polite stops instead (SIGTERM or SIGINT), which must exit with 128 + the
+signal and a checkpoint at the stop. Half the kills hit a pause point
 chosen in turn from a seeded shuffle: inside a step, inside event writing (with and
 without a torn record), inside each stage of a checkpoint write, inside the prune that
 follows it. The other half come after a seeded random delay, wherever the run is then.
@@ -50,6 +52,8 @@ from mlx_sched_callbacks.tiny import build_tiny_dataset, build_tiny_model
 
 HERE = Path(__file__).resolve().parent
 FAULT_RUN = HERE / "fault_run.py"
+# Among the kills at random moments, some are polite stops (by attempt % 6).
+POLITE_STOPS = {1: signal.SIGTERM, 3: signal.SIGINT}
 PAUSE_POINTS = ("step", "event", "torn", "manifest", "renamed", "prune")
 LINE_TIMEOUT = 60  # seconds to wait for an expected line (a process starts in 1-4 s)
 RUN_TIMEOUT = 120  # seconds for a whole uninterrupted run
@@ -109,7 +113,10 @@ class Process:
         return None
 
     def kill(self):
-        os.kill(self.popen.pid, signal.SIGKILL)
+        return self.stop(signal.SIGKILL)
+
+    def stop(self, signum):
+        os.kill(self.popen.pid, signum)
         return self.finish()
 
     def finish(self, timeout=30):
@@ -160,7 +167,10 @@ def check_checkpoints(root, snapshots):
     complete, incomplete = [], []
     for step, folder in list_checkpoints(root):
         if checkpoint_problem(folder) is None:
-            assert_same_checkpoint(folder, snapshots / folder.name)
+            if (snapshots / folder.name).exists():
+                assert_same_checkpoint(folder, snapshots / folder.name)
+            else:  # a polite stop's, between two of the uninterrupted run's: checked later
+                assert_loadable(folder)
             complete.append(step)
         else:
             incomplete.append(step)
@@ -209,6 +219,8 @@ class Report:
 def plan_pause(point, newest, n_complete, program, rng):
     """A FAULT_PAUSE value for ``point`` in a run resumed at ``newest``, or None if not now."""
     every = program.every
+    # Saves come every `every` steps; a polite stop's checkpoint may sit between two.
+    last_save = newest - newest % every
     if point in ("step", "event", "torn"):
         step = newest + rng.randint(1, 2 * every)
     elif point == "prune":
@@ -216,9 +228,9 @@ def plan_pause(point, newest, n_complete, program, rng):
         ahead = max(1, 4 - n_complete)
         if ahead > 2:
             return None
-        step = newest + ahead * every
+        step = last_save + ahead * every
     else:
-        step = newest + rng.choice((1, 2)) * every
+        step = last_save + rng.choice((1, 2)) * every
     if point.startswith("file:"):
         return f"file:{step}:{point[5:]}"
     return f"{point}:{step}"
@@ -259,8 +271,11 @@ def kill_and_resume(program, out, snapshots, kills, seed):
                 assert paused == f"PAUSED {spec}", process.tail()
             else:
                 delay = rng.uniform(0, program.timer_max)
-                how = f"after {delay * 1000:.0f} ms"
+                stop_signal = POLITE_STOPS.get(attempt % 6, signal.SIGKILL)
+                how = f"{stop_signal.name} after {delay * 1000:.0f} ms"
                 cap = newest + program.timer_cap
+                if stop_signal != signal.SIGKILL:  # once training, and so its handlers, began
+                    assert process.wait_for(program.progress.match, LINE_TIMEOUT), process.tail()
 
                 def past_cap(line, cap=cap):
                     match = program.progress.match(line)
@@ -270,9 +285,19 @@ def kill_and_resume(program, out, snapshots, kills, seed):
                 assert not process.ended, (
                     f"the run ended before kill {attempt + 1}:\n{process.tail()}"
                 )
-        finally:
+        except BaseException:
+            process.kill()
+            raise
+        if spec is None and stop_signal != signal.SIGKILL:
+            returncode = process.stop(stop_signal)
+            assert returncode == 128 + stop_signal, process.tail()
+            assert any(line.startswith("Stopped by") for line in process.lines), process.tail()
+            # The polite stop checkpoints where it stops: no step it reported is lost.
+            done = [int(m.group(1)) for m in map(program.progress.match, process.lines) if m]
+            assert check_checkpoints(root, snapshots)[0] >= max(done), process.tail()
+        else:
             returncode = process.kill()
-        assert returncode == -signal.SIGKILL, process.tail()
+            assert returncode == -signal.SIGKILL, process.tail()
         staging = [p for p in root.glob(".step_*") if p.name.endswith(f"-{process.popen.pid}")]
         newest_after, _, _ = check_checkpoints(root, snapshots)
         last = next((line for line in reversed(process.lines) if "\x1b" not in line), "")
@@ -312,7 +337,9 @@ def assert_same_arrays(path, reference):
 
 def assert_nothing_lost(program, out, whole, snapshots, report, kills):
     assert len(report.kills) == kills >= 20
-    paused = {k.how.split(":")[0] for k in report.kills if not k.how.startswith("after")}
+    paused = {k.how.split(":")[0] for k in report.kills if " after " not in k.how}
+    stops = {k.how.split()[0] for k in report.kills if " after " in k.how}
+    assert stops == {"SIGKILL", "SIGTERM", "SIGINT"}, stops
     paused |= {f"file:{k.how.split(':')[2]}" for k in report.kills if k.how.startswith("file:")}
     expected_points = {*PAUSE_POINTS, *(f"file:{n}" for n in program.files)}
     assert paused >= expected_points | set(program.extra_points), paused
