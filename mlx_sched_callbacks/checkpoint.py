@@ -1,10 +1,12 @@
-"""Checkpoint folders that are complete or absent, and optimizer state in safetensors.
+"""Checkpoint folders that are complete or absent, checksummed, and optimizer state in safetensors.
 
 A checkpoint is a folder ``step_000000040`` holding any files plus a manifest
-written last. It is assembled under a temporary name and renamed into place, so
-a run killed while saving leaves a temporary folder that is ignored, never a
-half-written checkpoint that would be resumed. Nothing here unpickles: state is
-JSON and arrays are safetensors.
+written last, which records each file's size and crc32c. It is assembled under a
+temporary name and renamed into place, so a run killed while saving leaves a
+temporary folder that is ignored, never a half-written checkpoint that would be
+resumed; a file changed later (a flipped bit, an edit) fails its checksum and the
+checkpoint is skipped. Nothing here unpickles: state is JSON and arrays are
+safetensors.
 """
 
 from __future__ import annotations
@@ -13,22 +15,69 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import google_crc32c
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ._files import fsync_directory, read_json
+from ._files import check_regular, file_kind, fsync_directory, naming, open_regular, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlx_sched_callbacks.checkpoint"
+MANIFEST_VERSION = 2  # version 1 recorded sizes only; it is still read, without checksums
+MAX_STEP = 2**53  # the largest integer every JSON reader keeps exactly
+_CHUNK = 1 << 20
 _STEP_FOLDER = re.compile(r"^step_(\d{9,})$")
 _LEFTOVER = re.compile(r"^\.step_(\d{9,})\.(?:tmp|old)-\d+$")
 
 
 def checkpoint_name(step: int) -> str:
     return f"step_{step:09d}"
+
+
+def _shown(value) -> str:
+    """``repr(value)``, cut short: a corrupt file can hold a huge value."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _step_problem(step) -> str | None:
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        return f"step must be an integer from 0 to 2**53, got {_shown(step)}"
+    return None
+
+
+def _name_problem(name) -> str | None:
+    plain = isinstance(name, str) and name not in ("", ".", "..", MANIFEST)
+    if not plain or "/" in name or "\\" in name or "\0" in name:
+        return (
+            f"{_shown(name)}, not a plain file name in the checkpoint folder "
+            f"(no '/', '..' or absolute path; not {MANIFEST})"
+        )
+    return None
+
+
+def file_crc32c(path: str | os.PathLike) -> int:
+    """The crc32c of a regular file (not a symlink), read once in chunks."""
+    with open_regular(path, "checkpoint file", follow_symlinks=False) as f:
+        return _crc32c(f)
+
+
+def _crc32c(f) -> int:
+    crc = 0
+    while chunk := f.read(_CHUNK):
+        crc = google_crc32c.extend(crc, chunk)
+    return crc
+
+
+def _fsync_and_describe(path: Path) -> dict:
+    with open_regular(path, "checkpoint file", follow_symlinks=False) as f:
+        crc = _crc32c(f)
+        os.fsync(f.fileno())
+        return {"size": os.fstat(f.fileno()).st_size, "crc32c": crc}
 
 
 def write_checkpoint(
@@ -38,63 +87,156 @@ def write_checkpoint(
 
     ``writers`` maps a file name to a function that writes that file at the path
     it is given. The folder appears under its final name only once every file
-    and the manifest are on disk.
+    and the manifest are on disk. If a writer or the disk fails (full, read-only),
+    nothing of this save is left behind and an ``OSError`` names the checkpoint,
+    the file and the cause.
     """
+    if (problem := _step_problem(step)) is not None:
+        raise ValueError(f"write_checkpoint: {problem}.")
+    for name in writers:
+        if (problem := _name_problem(name)) is not None:
+            raise ValueError(f"write_checkpoint: a file is named {problem}.")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     staging = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    sizes = {}
-    for name, write in writers.items():
-        path = staging / name
-        write(path)
-        with open(path, "rb") as f:
+    writing = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        files = {}
+        for writing, write in writers.items():
+            write(staging / writing)
+            files[writing] = _fsync_and_describe(staging / writing)
+        writing = MANIFEST
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "step": step,
+            "files": files,
+        }
+        with open(staging / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
             os.fsync(f.fileno())
-        sizes[name] = path.stat().st_size
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "step": step, "files": sizes}
-    with open(staging / MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_directory(staging)
-    if final.exists():
-        # Only after a resume that repeats a step: the new copy replaces the old.
-        retired = root / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, final)
-    fsync_directory(root)
+        writing = None
+        fsync_directory(staging)
+        _move_into_place(staging, final)
+        fsync_directory(root)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, Exception):  # KeyboardInterrupt: as it came
+            raise
+        where = f"cannot write checkpoint {final}" + (f" ({writing})" if writing else "")
+        if isinstance(error, OSError):
+            raise naming(error, where) from error
+        raise OSError(f"{where}: {error}") from error  # mlx says RuntimeError for a full disk
     return final
 
 
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a complete checkpoint, or ``None`` if it is."""
-    manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        return f"{manifest_path} is missing (the save did not finish)"
+def _move_into_place(staging: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    # Only after a resume that repeats a step: the new copy replaces the old.
+    retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, retired)
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        step = manifest["step"]
-    except (ValueError, KeyError, TypeError) as error:
-        return f"{manifest_path} is unreadable ({error!r})"
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != 1:
-        return (
-            f"{manifest_path} has format {manifest.get('format')!r} version "
-            f"{manifest.get('version')!r}, expected {MANIFEST_FORMAT!r} version 1"
+        os.replace(staging, final)
+    except BaseException:
+        os.replace(retired, final)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)  # a leftover is pruned later
+
+
+def _manifest_files(manifest, folder: Path) -> dict[str, tuple[int, int | None]]:
+    """The files a manifest lists, as ``name: (size, crc32c or None)``; ValueError if malformed."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"must be a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("version")
+    if manifest.get("format") != MANIFEST_FORMAT or not _is_int_in(version, 1, 2):
+        raise ValueError(
+            f"has format {_shown(manifest.get('format'))} version {_shown(version)}, "
+            f"expected {MANIFEST_FORMAT!r} version 1 or 2"
         )
+    step = manifest.get("step")
+    if (problem := _step_problem(step)) is not None:
+        raise ValueError(problem)
     if folder.name != checkpoint_name(step):
-        return f"{manifest_path} says step {step}, but the folder is {folder.name}"
-    for name, size in files.items():
+        raise ValueError(f"says step {step}, but the folder is {folder.name}")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise ValueError(f"files must be an object, got {_shown(listed)}")
+    files = {}
+    for name, entry in listed.items():
+        if (problem := _name_problem(name)) is not None:
+            raise ValueError(f"lists {problem}")
+        if version == 1:
+            entry = {"size": entry, "crc32c": None}
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"size", "crc32c"}
+            or not _is_int_in(entry["size"], 0, 2**63)
+            or not (version == 1 or _is_int_in(entry["crc32c"], 0, 2**32 - 1))
+        ):
+            expected = "a size" if version == 1 else '{"size": bytes, "crc32c": checksum}'
+            raise ValueError(f"lists {_shown(name)} as {_shown(listed[name])}, expected {expected}")
+        files[name] = entry["size"], entry["crc32c"]
+    return files
+
+
+def _is_int_in(value, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def checkpoint_problem(folder: str | os.PathLike, *, verify: bool = True) -> str | None:
+    """Why ``folder`` is not a complete, intact checkpoint, or ``None`` if it is.
+
+    The manifest must be readable and list only regular files inside ``folder``, each
+    of the size it records. With ``verify`` (the default; what a resume uses) each
+    file is also read once to compare its crc32c. ``verify=False`` reads only the
+    manifest and the file sizes (what pruning uses). A version 1 manifest has no
+    checksums: its files are checked by size only.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = read_json(manifest_path, "checkpoint manifest", follow_symlinks=False)
+    except FileNotFoundError:
+        return f"{manifest_path} is missing (the save did not finish)"
+    except (OSError, ValueError) as error:
+        return str(error).rstrip(".")
+    try:
+        files = _manifest_files(manifest, folder)
+    except ValueError as error:
+        return f"{manifest_path} {error}"
+    for name, (size, _) in files.items():
         path = folder / name
-        if not path.exists():
-            return f"{path} is missing"
-        if path.stat().st_size != size:
-            return f"{path} has {path.stat().st_size} bytes, the manifest says {size}"
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return f"{path} is missing ({MANIFEST} lists it)"
+        except OSError as error:
+            return f"{path} cannot be read ({error})"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{path} is {file_kind(info.st_mode)}, not a regular file"
+        if info.st_size != size:
+            return f"{path} has {info.st_size} bytes, {MANIFEST} says {size}"
+    if not verify:
+        return None
+    for name, (_, crc) in files.items():
+        path = folder / name
+        if crc is None:  # a version 1 manifest
+            continue
+        try:
+            found = file_crc32c(path)
+        except (OSError, ValueError) as error:
+            return f"{path} cannot be read ({error})"
+        if found != crc:
+            return (
+                f"{path} has crc32c {found:08x}, {MANIFEST} says {crc:08x} "
+                "(the file changed after it was saved)"
+            )
     return None
 
 
@@ -112,9 +254,13 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``root``; incomplete ones are skipped."""
+    """The newest checkpoint under ``root`` that passes the full check, checksums included.
+
+    Checkpoints are checked newest first up to the first good one, so normally only
+    one is read.
+    """
     for _, folder in reversed(list_checkpoints(root)):
-        if checkpoint_problem(folder) is None:
+        if checkpoint_problem(folder, verify=True) is None:
             return folder
     return None
 
@@ -122,12 +268,14 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
     """Delete all but the newest ``keep`` complete checkpoints, and what killed runs left.
 
+    Complete means the cheap check (manifest, files and sizes), not the checksums.
+
     That is every temporary folder (``.step_*.tmp-<pid>``, ``.step_*.old-<pid>``) and
     every incomplete checkpoint (one a killed prune half deleted) of a step up to the
     newest complete checkpoint's: no save of those steps can still be running.
     """
     found = list_checkpoints(root)
-    complete = [(step, f) for step, f in found if checkpoint_problem(f) is None]
+    complete = [(step, f) for step, f in found if checkpoint_problem(f, verify=False) is None]
     if not complete:
         return
     newest = complete[-1][0]
@@ -176,10 +324,15 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
     for target, source in zip(targets, sources):
         target.clear()
         target.update(source)
+    if parameters is not None:
+        # tree_flatten dropped the empty subtrees (a LoRA model's frozen parts); without
+        # them the next update raises KeyError. init() fills in only what is missing.
+        optimizer.init(parameters)
 
 
 def read_arrays(path: Path, what: str) -> dict:
     """The arrays of a safetensors file, or an error naming the file."""
+    check_regular(path, what)  # mx.load would block for ever on a FIFO
     try:
         return mx.load(str(path))
     except Exception as error:  # mlx raises bare RuntimeError/ValueError for bad files
@@ -187,13 +340,18 @@ def read_arrays(path: Path, what: str) -> dict:
 
 
 def check_fit(loaded: dict, expected: dict, what: str, target: str) -> None:
-    """Refuse arrays whose names or shapes differ from ``expected``, naming the first few."""
+    """Refuse arrays whose names, shapes or dtypes differ from ``expected``, naming a few."""
     problems = [f"{k} is missing" for k in sorted(set(expected) - set(loaded))]
     problems += [f"{k} is not in {target}" for k in sorted(set(loaded) - set(expected))]
     problems += [
         f"{k} has shape {tuple(loaded[k].shape)}, this model needs {tuple(v.shape)}"
         for k, v in expected.items()
         if k in loaded and loaded[k].shape != v.shape
+    ]
+    problems += [
+        f"{k} has dtype {_dtype_name(loaded[k].dtype)}, expected {_dtype_name(v.dtype)}"
+        for k, v in expected.items()
+        if k in loaded and loaded[k].dtype != v.dtype
     ]
     if problems:
         raise ValueError(
@@ -205,3 +363,7 @@ def check_fit(loaded: dict, expected: dict, what: str, target: str) -> None:
 
 def read_checkpoint_json(folder: str | os.PathLike, name: str):
     return read_json(Path(folder) / name, name)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")

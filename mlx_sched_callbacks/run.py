@@ -290,10 +290,7 @@ class TrainingRun:
 
     def _read_sound_checkpoint(self, folder: Path) -> dict | str:
         """The trainer state of ``folder`` if every file verifies, else what is wrong."""
-        try:  # TEMPORARY until checkpoint_problem(verify=) lands
-            problem = checkpoint_problem(folder, verify=True)
-        except TypeError:
-            problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, verify=True)
         if problem is not None:
             return problem
         where = folder / TRAINER_STATE

@@ -153,3 +153,67 @@ def test_tensorboard_server_serves_one_clean_curve(tmp_path, loader):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_load_optimizer_state_on_a_lora_model_in_a_compiled_custom_loop(tmp_path):
+    """tree_flatten drops a LoRA model's empty subtrees; the restored optimizer must still step."""
+    from functools import partial
+
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from mlx_sched_callbacks.checkpoint import load_optimizer_state, save_optimizer_state
+    from mlx_sched_callbacks.tiny import load_tiny
+
+    def lora_model():
+        model, _ = load_tiny(tmp_path / "tiny")
+        mx.random.seed(0)  # the same LoRA weights each time
+        model.freeze()
+        linear_to_lora_layers(model, 2, {"rank": 4, "dropout": 0.0, "scale": 10.0})
+        return model
+
+    tokens = mx.array(np.random.default_rng(0).integers(3, 500, size=(2, 16)))
+
+    def loss_fn(model, x):
+        logits = model(x[:, :-1])
+        return nn.losses.cross_entropy(logits, x[:, 1:], reduction="mean")
+
+    def run(model, optimizer, steps):
+        state = [model.state, optimizer.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(x):
+            loss, grads = nn.value_and_grad(model, loss_fn)(model, x)
+            optimizer.update(model, grads)
+            return loss
+
+        for _ in range(steps):
+            mx.eval(step(tokens), state)
+
+    whole = lora_model()
+    whole_optimizer = optim.Adam(learning_rate=1e-3)
+    whole_optimizer.init(whole.trainable_parameters())
+    run(whole, whole_optimizer, 6)
+
+    first = lora_model()
+    optimizer = optim.Adam(learning_rate=1e-3)
+    optimizer.init(first.trainable_parameters())
+    run(first, optimizer, 3)
+    save_optimizer_state(optimizer, tmp_path / "optimizer.safetensors")
+    mx.save_safetensors(
+        str(tmp_path / "a.safetensors"), dict(tree_flatten(first.trainable_parameters()))
+    )
+
+    resumed = lora_model()
+    resumed.load_weights(str(tmp_path / "a.safetensors"), strict=False)
+    restored = optim.Adam(learning_rate=1e-3)
+    load_optimizer_state(
+        restored, tmp_path / "optimizer.safetensors", resumed.trainable_parameters()
+    )
+    run(resumed, restored, 3)  # KeyError: 'layer_types' before the fix
+    ours = dict(tree_flatten(resumed.trainable_parameters()))
+    theirs = dict(tree_flatten(whole.trainable_parameters()))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert np.array(ours[key]).tobytes() == np.array(theirs[key]).tobytes(), key
