@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
-import weakref
 from pathlib import Path
 
 import mlx.core as mx
@@ -14,6 +12,7 @@ import mlx.optimizers as optim
 from . import schedules
 from ._files import read_json, write_json_atomic
 from .events import EventWriter
+from .stopping import DEFAULT_SIGNALS, StopSignals
 
 STATE_FORMAT = "mlx_sched_callbacks.LRScheduleCallback"
 STATE_VERSION = 1
@@ -251,6 +250,15 @@ class LRScheduleCallback:
                 "mlx_sched_callbacks.schedules (it can be saved and resumed; an "
                 f"mlx.optimizers closure cannot), got {schedule!r}."
             )
+        for part in getattr(optimizer, "optimizers", None) or [optimizer]:
+            if isinstance(part, optim.Adafactor) and part.relative_step:
+                raise ValueError(
+                    "LRScheduleCallback: Adafactor was built with relative_step=True (its "
+                    "default), so it computes its own step size and ignores learning_rate; "
+                    "the schedule would be logged but not followed. Build it with "
+                    "optim.Adafactor(learning_rate=0.0, relative_step=False) (in an "
+                    "mlx_lm.lora config: optimizer_config: {adafactor: {relative_step: false}})."
+                )
         if not hasattr(optimizer, "learning_rate"):
             raise TypeError(
                 "LRScheduleCallback: optimizer must be an mlx.optimizers optimizer with a "
@@ -288,13 +296,12 @@ class LRScheduleCallback:
         self.log_every = log_every
         self.tag = tag
         self.flush_secs = flush_secs
-        self._next_push = 0.0
         self.step = 0
         # The first step the next event file will hold; its restart marker hides
         # what earlier files of the run hold from there on.
         self._next_file_start = 1
         self._writer: EventWriter | None = None
-        self._close_at_exit = None
+        self._signals: StopSignals | None = None
 
     # -- the two hooks -----------------------------------------------------
 
@@ -443,6 +450,35 @@ class LRScheduleCallback:
                     reduced |= phase.observe(loss, step - first_step)
         return reduced
 
+    # -- stopping ----------------------------------------------------------
+
+    def catch_signals(self, signals=DEFAULT_SIGNALS) -> StopSignals:
+        """A context manager under which SIGINT and SIGTERM ask for a stop instead of killing.
+
+        For a hand-written loop: ask :attr:`stop_requested` after each update, and
+        when it is set, checkpoint and exit with ``128 + signal`` (130 for Ctrl-C,
+        143 for SIGTERM). A second Ctrl-C aborts at once; the previous handlers
+        come back when the block ends::
+
+            with callback, callback.catch_signals():
+                for step in range(callback.step, total):
+                    ...
+                    if callback.stop_requested:
+                        save_checkpoint()
+                        raise SystemExit(128 + callback.stop_requested)
+        """
+        self._signals = StopSignals(signals)
+        return self._signals
+
+    @property
+    def stop_requested(self) -> int | None:
+        """The signal that asked for a stop, or ``None``; see :meth:`catch_signals`.
+
+        In a distributed run, read it on every rank at the same step: a signal
+        reaching any rank is seen by all of them there.
+        """
+        return None if self._signals is None else self._signals.agreed()
+
     # -- TensorBoard -------------------------------------------------------
 
     @property
@@ -451,8 +487,10 @@ class LRScheduleCallback:
         if self.log_dir is None:
             return None
         if self._writer is None or self._writer.closed:
-            self._writer = EventWriter(self.log_dir, start_step=self._next_file_start)
-            self._close_at_exit = weakref.finalize(self, self._writer.close)
+            # The writer's own thread pushes every flush_secs; with 0, log_scalar does.
+            self._writer = EventWriter(
+                self.log_dir, start_step=self._next_file_start, push_every=self.flush_secs or None
+            )
         return self._writer
 
     def log_scalar(self, tag: str, value: float, step: int) -> None:
@@ -462,10 +500,8 @@ class LRScheduleCallback:
             writer = self.writer
         if writer is not None:
             writer.add_scalar(tag, float(value), step)
-            now = time.monotonic()
-            if now >= self._next_push:
+            if not self.flush_secs:
                 writer.push()
-                self._next_push = now + self.flush_secs
 
     def flush(self) -> None:
         """Put every logged point on disk."""

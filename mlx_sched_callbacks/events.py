@@ -3,7 +3,9 @@
 tensorboardX's ``SummaryWriter`` writes from a background queue, and its
 ``flush()`` does not drain that queue, so a checkpoint taken right after a flush
 can still lose points. This writer has no queue: ``flush()`` puts every point
-on disk (``fsync``) before it returns.
+on disk (``fsync``) before it returns. With ``push_every`` a timer thread hands
+the buffer to the operating system (no ``fsync``) every so many seconds, so
+points reach the file while the training loop logs nothing.
 
 A scalar event is written once per logged step, so ``add_scalar`` writes its
 protocol-buffer bytes by hand (a proto object costs several microseconds) and
@@ -13,11 +15,14 @@ tests compare these bytes with tensorboardX's own serialisation.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import socket
 import struct
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import google_crc32c
@@ -73,26 +78,91 @@ def _scalar_summary_field(tag: str) -> bytes:
     return _length_delimited(5, _length_delimited(1, value))[:-4]
 
 
-def _event_file_name() -> str:
-    # TensorBoard reads a directory's files in name order; the nanosecond field
-    # keeps two files opened in the same second in the order they were opened.
+_NAME_PREFIX = "events.out.tfevents."
+
+
+def _event_file_name(log_dir: Path) -> str:
+    """A name that sorts after every event file already in ``log_dir``.
+
+    TensorBoard reads a run's files in name order (the Python loader sorts the
+    paths, the Rust one keeps them in a BTreeMap), and a later file's points
+    replace an earlier file's from its first step on. The clock alone does not
+    give that order: set back, it names a resumed run's file before the killed
+    run's, and in a tie of seconds the host names decide. So the seconds field
+    is at least one more than the largest in ``log_dir``, zero-padded to ten
+    digits so that names sort as their seconds do.
+    """
+    latest = -1
+    for name in os.listdir(log_dir):
+        seconds = name[len(_NAME_PREFIX) :].partition(".")[0]
+        if name.startswith(_NAME_PREFIX) and seconds.isascii() and seconds.isdigit():
+            latest = max(latest, int(seconds))
     now = time.time_ns()
-    return f"events.out.tfevents.{now // 10**9}.{socket.gethostname()}.{now:019d}.{os.getpid()}"
+    seconds = max(now // 10**9, latest + 1)
+    return f"{_NAME_PREFIX}{seconds:010d}.{socket.gethostname()}.{now:019d}.{os.getpid()}"
+
+
+def _push_until_stopped(file, seconds: float, stopped: threading.Event) -> None:
+    # BufferedWriter holds a lock around flush() and write(), so this thread and
+    # the one logging never interleave inside the buffer; an empty buffer's
+    # flush() makes no system call.
+    while not stopped.wait(seconds):
+        file.flush()
+
+
+def _close(file, stopped: threading.Event, pusher: threading.Thread | None) -> None:
+    stopped.set()
+    if pusher is not None:
+        pusher.join()
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    finally:
+        file.close()
 
 
 class EventWriter:
     """Writes scalar events to a new file in ``log_dir``; never touches an existing file.
 
-    ``start_step`` writes a restart marker first: TensorBoard hides the events of
-    earlier files of the same run at steps ``>= start_step``, so a resumed run
-    continues one clean curve instead of drawing over the points it repeats.
+    The new file's name sorts after every event file already in ``log_dir``,
+    whatever the wall clock says, and ``start_step`` writes a restart marker
+    first: TensorBoard hides the events of earlier files of the same run at steps
+    ``>= start_step``, so a resumed run continues one clean curve instead of
+    drawing over the points it repeats.
+
+    ``push_every`` (seconds) starts a daemon thread that pushes the buffered
+    events to the operating system that often, until :meth:`close`.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, start_step: int | None = None):
+    def __init__(
+        self,
+        log_dir: str | os.PathLike,
+        start_step: int | None = None,
+        push_every: float | None = None,
+    ):
+        if push_every is not None and not (
+            isinstance(push_every, (int, float)) and 0 < push_every < math.inf
+        ):
+            raise ValueError(
+                f"EventWriter: push_every must be a finite number of seconds > 0 or None, "
+                f"got {push_every!r}."
+            )
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.log_dir / _event_file_name()
+        self.path = self.log_dir / _event_file_name(self.log_dir)
         self._file = open(self.path, "xb")  # "x": an earlier run's file is never overwritten
+        stopped, pusher = threading.Event(), None
+        if push_every is not None:
+            pusher = threading.Thread(
+                target=_push_until_stopped,
+                args=(self._file, push_every, stopped),
+                name=f"push {self.path.name}",
+                daemon=True,
+            )
+            pusher.start()
+        # At close(), at garbage collection or at exit, whichever comes first:
+        # the thread holds the file, not the writer, so a dropped writer is closed too.
+        self._close = weakref.finalize(self, _close, self._file, stopped, pusher)
         self._summary_fields: dict[str, bytes] = {}
         self._record_headers: dict[int, bytes] = {}
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -137,9 +207,8 @@ class EventWriter:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
-            self.flush()
-            self._file.close()
+        """Stop the pushing thread, put every event on disk and close the file."""
+        self._close()
 
     @property
     def closed(self) -> bool:

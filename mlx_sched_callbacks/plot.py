@@ -403,7 +403,9 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .cli import Parser  # errors in one line, as every mlx-sched command's
+
+    parser = Parser(
         prog="mlx-sched plot",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -461,22 +463,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_spec(parser: argparse.ArgumentParser, path: str) -> Schedule:
-    from .cli import schedule_from_config
+    from .cli import one_line, schedule_from_config
 
     where = f"SPEC {path}"
     file = Path(path)
     if not file.is_file():
         parser.error(f"{where}: no such file.")
-    text = file.read_text()
     try:
+        text = file.read_text()
         if file.suffix.lower() in (".yaml", ".yml"):
             import yaml
+            from mlx_lm.lora import yaml_loader  # mlx-lm's float rule: 1e-5 is a number
 
-            spec = yaml.safe_load(text)
+            spec = yaml.load(text, yaml_loader)
         else:
             spec = json.loads(text)
-    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
-        parser.error(f"{where}: cannot parse it ({error}).")
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError
+        parser.error(f"{where}: cannot parse it ({one_line(error)}).")
     if isinstance(spec, dict) and "lr_schedule" in spec:
         parser.error(
             f"{where} looks like an mlx-lm config (it has lr_schedule); pass it as --config {path}"
@@ -486,25 +489,21 @@ def _read_spec(parser: argparse.ArgumentParser, path: str) -> Schedule:
     try:
         return schedule_from_config(spec, 0.0)
     except (ValueError, TypeError) as error:
-        parser.error(f"{where}: {error}")
+        parser.error(f"{where}: {one_line(error)}")
 
 
 def _read_config(parser: argparse.ArgumentParser, path: str) -> tuple[Schedule, int, str]:
-    from .cli import lora_args, schedule_from_config
+    from .cli import UserError, lora_args, one_line, schedule_from_config
 
     where = f"--config {path}"
-    if not Path(path).is_file():
-        parser.error(f"{where}: no such file.")
     try:
         args = lora_args(["--config", path])
-    except SystemExit:
-        raise
-    except Exception as error:  # yaml.YAMLError and the like
-        parser.error(f"{where}: cannot read it ({error}).")
+    except UserError as error:  # no such file, not YAML, not a mapping
+        parser.error(str(error))
     try:
         schedule = schedule_from_config(args.lr_schedule, args.learning_rate)
     except (ValueError, TypeError) as error:
-        parser.error(f"{where}: lr_schedule: {error}")
+        parser.error(f"{where}: lr_schedule: {one_line(error)}")
     iters, accumulate = args.iters, args.grad_accumulation_steps
     if not isinstance(iters, int) or iters < 1:
         parser.error(f"{where}: iters must be a positive integer, got {iters!r}.")

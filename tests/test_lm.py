@@ -182,7 +182,7 @@ def test_cli_help_and_unknown_command():
     bad = subprocess.run(
         [sys.executable, "-m", "mlx_sched_callbacks", "nope"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "unknown command 'nope'" in bad.stdout
+    assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
     from mlx_sched_callbacks import __version__
 
     assert run_cli("-m", "mlx_sched_callbacks", "--version").stdout == f"mlx-sched {__version__}\n"
