@@ -1,0 +1,249 @@
+"""mlx-vlm: a per-step schedule in the unmodified ``mlx_vlm.trainer.common.engine.train``.
+
+mlx-vlm's engine pulls exactly one batch per iteration from its task's
+``batches(dataset, train=True, seed=seed)``: :class:`MlxVlmTraining` wraps that
+function (the per-step hook) and is the ``TrainingCallback`` that receives the
+engine's reports. With a seed, the engine's batch order comes from its own
+``numpy.random.default_rng(seed)`` and nothing else, so the data position is the
+seed and the number of batches drawn, replayed on resume by drawing and skipping
+them. Everything else (counting, checkpoints, resume, stops) is
+:class:`~.run.TrainingRun`. ``mlx-sched vlm`` (:func:`main`) is
+``python -m mlx_vlm.train`` with training handed to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_vlm.train as mlx_vlm_cli
+from mlx_vlm.trainer.common import engine
+from mlx_vlm.trainer.common.callbacks import TrainingCallback
+from mlx_vlm.trainer.common.utils import save_json
+
+from .cli_run import (
+    add_run_options,
+    hold_before_loading,
+    log_dir_for,
+    resume_command,
+    schedule_from_config,
+    start_training,
+)
+from .run import TrainingRun
+
+__all__ = ["MlxVlmTraining", "main"]
+
+# The engine itself, whatever main() puts in its place while mlx-vlm's pipeline runs.
+engine_train, engine_evaluate = engine.train, engine.evaluate
+
+# mlx-vlm report fields and the TensorBoard tags they go to.
+TRAIN_TAGS = {
+    "train_loss": "train/loss",
+    "iterations_per_second": "train/iterations_per_second",
+    "tokens_per_second": "train/tokens_per_second",
+    "trained_tokens": "train/trained_tokens",
+    "peak_memory": "train/peak_memory_gb",
+}
+
+
+class MlxVlmTraining(TrainingRun, TrainingCallback):
+    """Train with mlx-vlm's engine under a schedule, with logs and exact resume.
+
+    ``args`` is mlx-vlm's ``VLMTrainingArgs`` (or another ``CoreTrainingArgs``):
+    ``iters`` is the length of the whole run and ``steps_per_save`` sets how often
+    a checkpoint is written to ``checkpoint_dir`` (default: ``checkpoints/``
+    beside ``args.adapter_file``). ``task`` is the engine's ``TrainingTask`` and
+    ``seed`` its data seed. The schedule counts optimizer updates, the last
+    incomplete accumulation group's included (the engine applies it).
+
+    Validation runs on ``val_dataset`` through mlx-vlm's ``evaluate`` on the run's
+    global count, at iteration 1, every ``steps_per_eval`` and at the last
+    iteration, before that iteration's step (mlx-lm's moments: the same for every
+    trainer; the engine itself validates after the step and not at 1).
+
+    Typical use, with mlx-vlm's ``Trainer`` building the task and datasets::
+
+        trainer = Trainer(model, args, optimizer=optimizer, train_dataset=rows["train"],
+                          eval_dataset=rows["valid"], processing_class=processor)
+        training = MlxVlmTraining.from_trainer(trainer, schedule, log_dir="runs/vlm")
+        training.resume()   # says what it did: resumed, or a fresh start
+        training.train()    # calls mlx_vlm.trainer.common.engine.train
+    """
+
+    format = "mlx_sched_callbacks.MlxVlmTraining"
+    data_fields = {"data_seed": int}
+    report_tags = TRAIN_TAGS
+    applies_leftover_group = True
+
+    def __init__(
+        self, model, optimizer, schedule, args, train_dataset, val_dataset=None, *, task,
+        seed: int = 0, **options,
+    ):  # fmt: skip
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(
+                f"seed must be an int (the data order is replayed from it on resume), got {seed!r}."
+            )
+        self.engine_args, self.task, self.seed = args, task, seed
+        if args.steps_per_eval is None:  # mlx-vlm's "never validate"
+            val_dataset = None
+        # What the core reads, under mlx-lm's names.
+        core_args = types.SimpleNamespace(
+            iters=args.iters,
+            batch_size=args.batch_size,
+            grad_accumulation_steps=args.gradient_accumulation_steps,
+            steps_per_save=args.steps_per_save,
+            steps_per_eval=args.steps_per_eval or 1,
+            val_batches=args.val_batches,
+            adapter_file=args.adapter_file,
+        )
+        super().__init__(
+            model, optimizer, schedule, core_args, train_dataset, val_dataset, **options
+        )
+
+    @classmethod
+    def from_trainer(cls, trainer, schedule, **options) -> MlxVlmTraining:
+        """The run an ``mlx_vlm.trainer.Trainer`` would train, under ``schedule``."""
+        options.setdefault("training_callback", trainer.training_callback)
+        return cls(
+            trainer.model, trainer.optimizer, schedule, trainer.args, trainer.train_dataset,
+            trainer.eval_dataset, task=trainer.task, seed=trainer.seed, **options,
+        )  # fmt: skip
+
+    def run_trainer(self, iters: int) -> None:
+        if self.iteration == 0:
+            mx.random.seed(self.seed)  # as the engine does (LoRA dropout); resume() reseeds
+        adapter_config = getattr(self.model, "_vlm_adapter_config", None)
+        if adapter_config is not None and self.rank == 0:
+            # The engine writes it only with its own saves, which a stopped run never reaches.
+            save_json(adapter_config, Path(self.args.adapter_file).parent / "adapter_config.json")
+        # Saves and validation happen in the hook, on the global count.
+        args = dataclasses.replace(
+            self.engine_args, iters=iters, steps_per_save=iters + 1, steps_per_eval=None
+        )
+        task = dataclasses.replace(self.task, batches=self.batches)
+        with _global_console(self):
+            engine_train(self.model, self.optimizer, self.train_dataset, None, args, task, self)
+
+    def batches(self, dataset, train=False, seed=None):
+        """The per-step hook: drop-in for the task's ``batches``."""
+        if not train:  # evaluate() draws its batches through here too
+            yield from self.task.batches(dataset, train=False, seed=seed)
+            return
+        # The engine is given seed=None (it would reseed mlx's random state on a
+        # resume); the data stream gets the run's seed, and skips what was drawn.
+        stream = iter(self.task.batches(dataset, train=True, seed=self.seed))
+        for _ in range(self.iteration):
+            next(stream)
+        for batch in stream:
+            self.begin_iteration()
+            yield batch
+            self.end_iteration()
+
+    def data_state(self) -> dict:
+        return {"data_seed": self.seed}
+
+    def restore_data(self, state: dict) -> None:
+        # The position is the iteration, replayed by the hook; a checkpoint of another
+        # seed is sound but does not fit this run (an error, not a skip).
+        if state["data_seed"] != self.seed:
+            raise ValueError(
+                f"the checkpoint at iteration {state['iteration']} in {self.checkpoint_dir} "
+                f"was trained with seed {state['data_seed']}, this run has seed {self.seed}; "
+                f"the data order would differ: resume with --seed {state['data_seed']}."
+            )
+
+    def evaluate(self) -> float:
+        return float(engine_evaluate(self.model, self.val_dataset, self.task, self.engine_args))
+
+    # -- mlx-vlm's TrainingCallback -----------------------------------------
+
+    def on_train_loss_report(self, train_info: dict) -> None:
+        info = self.report(train_info)
+        # The report comes after the step: the last iteration ends here, as no batch follows.
+        self.end_iteration()
+        if self.next_callback is not None:
+            self.next_callback.on_train_loss_report(info)
+
+
+@contextmanager
+def _replaced(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+@contextmanager
+def _global_console(run: MlxVlmTraining):
+    """The engine's printed reports, numbered by the run's global iterations."""
+
+    def shifted(info, label):
+        info = {**info, "iteration": run._start_iteration + info.get("iteration", 0)}
+        if "trained_tokens" in info:
+            info["trained_tokens"] += run._tokens_before
+        return format_report(info, label)
+
+    format_report = engine.format_metric_report
+    with _replaced(engine, "format_metric_report", shifted):
+        yield
+
+
+def _parser_with_our_options(build_parser):
+    def build(*args, **kwargs):
+        parser = build_parser(*args, **kwargs)
+        parser.prog = "mlx-sched vlm"
+        parser.description = (
+            "python -m mlx_vlm.train with a learning-rate schedule set before every update, "
+            "TensorBoard logs and exact resume. Takes every mlx_vlm.train flag and --config "
+            "key; lr_schedule may be mlx-lm's form or mlx_sched_callbacks' to_dict() form."
+        )
+        add_run_options(parser, folder="OUTPUT_PATH")
+        parser.add_argument(
+            "--lr-schedule",
+            type=json.loads,
+            default=None,
+            help="the schedule as JSON (or lr_schedule: in --config), e.g. "
+            '\'{"name": "cosine_decay", "arguments": [1e-4, 1000], "warmup": 100}\' '
+            "(default: --learning-rate throughout)",
+        )
+        return parser
+
+    return build
+
+
+def main(argv=None) -> None:
+    """``mlx-sched vlm``: mlx-vlm's pipeline, training handed to :class:`MlxVlmTraining`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with _replaced(mlx_vlm_cli, "build_parser", _parser_with_our_options(mlx_vlm_cli.build_parser)):
+        options, settings = mlx_vlm_cli.parse_args(argv)
+    try:
+        schedule = schedule_from_config(options.lr_schedule, options.learning_rate)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--lr-schedule {json.dumps(options.lr_schedule)}: {error}") from error
+    folder = Path(settings.adapter_file).parent
+    log_dir = log_dir_for(folder, options.log_dir)
+    hold_before_loading(folder, log_dir)
+
+    def train(model, optimizer, train_dataset, val_dataset, args, task, training_callback=None,
+              seed=None, *, log_history=None):  # fmt: skip
+        training = MlxVlmTraining(
+            model, optimizer, schedule, args, train_dataset, val_dataset, task=task, seed=seed,
+            log_dir=log_dir, keep_checkpoints=options.keep_checkpoints,
+            training_callback=training_callback, resume_command=resume_command(["vlm", *argv]),
+        )  # fmt: skip
+        start_training(training, options, log_dir)
+        return {}
+
+    with _replaced(engine, "train", train):
+        mlx_vlm_cli.run(options, settings)
+
+
+if __name__ == "__main__":
+    main()
