@@ -266,3 +266,21 @@ def test_save_creates_the_folder(tmp_path):
     callback = LRScheduleCallback(seed_schedule(), optim.SGD(learning_rate=0.0))
     callback.save(tmp_path / "new" / "deeper" / "cb.json")
     assert json.loads((tmp_path / "new/deeper/cb.json").read_text())["step"] == 0
+
+
+def test_adafactor_with_relative_step_is_refused():
+    """Adafactor's default relative_step=True ignores the rate: the schedule would be a lie."""
+    with pytest.raises(ValueError, match=r"relative_step=True .* relative_step=False"):
+        LRScheduleCallback(S.constant(0.1), optim.Adafactor())
+    parts = optim.MultiOptimizer([optim.SGD(learning_rate=0.0), optim.Adafactor()], [lambda *a: 0])
+    with pytest.raises(ValueError, match="relative_step=True"):
+        LRScheduleCallback({"0": S.constant(0.1), "1": S.constant(0.1)}, parts)
+    # With relative_step=False the rate is followed: a step of rate 0 leaves the weights.
+    layer = nn.Linear(2, 2)
+    before = layer.weight
+    optimizer = optim.Adafactor(learning_rate=0.0, relative_step=False)
+    callback = LRScheduleCallback(S.constant(0.0), optimizer)
+    callback.on_step_begin()
+    grads = {"weight": mx.ones_like(layer.weight), "bias": mx.ones_like(layer.bias)}
+    optimizer.update(layer, grads)
+    assert mx.array_equal(layer.weight, before)
