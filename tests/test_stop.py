@@ -146,3 +146,17 @@ def test_the_custom_loop_example_stops_on_sigterm_and_resumes_exactly(tmp_path):
         points = read_scalars(out / "tensorboard", tag)
         assert points == read_scalars(tmp_path / "whole/tensorboard", tag)
         assert [s for s, _ in points] == list(range(1, 301))
+
+
+def test_a_resumed_run_prints_global_iterations(tiny, tmp_path):  # noqa: F811
+    import re
+
+    config = write_config(tmp_path / "c.yaml", tiny, tmp_path / "a", iters=30, save_every=10,
+                          steps_per_report=5)  # fmt: skip
+    subprocess.run(lora(config, "--iters", "20"), check=True, capture_output=True, env=ENV)
+    resumed = subprocess.run(lora(config, "--resume"), capture_output=True, text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    # mlx-lm's table: "  iter   train_loss ..." rows, here 25 and 30, not 5 and 10.
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", resumed.stdout)
+    rows = [int(m[1]) for m in re.finditer(r"^\s+(\d+)\s+\d+\.\d+ [▼▲]", plain, re.M)]
+    assert rows == [25, 30], resumed.stdout
