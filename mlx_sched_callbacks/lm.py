@@ -11,6 +11,7 @@ Everything else (counting, checkpoints, resume, stops) is :class:`~.run.Training
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import re
 from contextlib import contextmanager
 
@@ -91,11 +92,11 @@ class MlxLmTraining(TrainingRun, TrainingCallback):
                 model=self.model,
                 optimizer=self.optimizer,
                 train_dataset=self.train_dataset,
-                val_dataset=None,  # validation runs in the hook, on the global count
-                args=local_args(self.args, iters),
                 loss=self.loss,
                 iterate_batches=self.iterate_batches,
                 training_callback=self,
+                # validation runs in the hook, on the global count
+                **without_trainer_validation(local_args(self.args, iters)),
             )
 
     def iterate_batches(
@@ -179,9 +180,25 @@ class MlxLmTraining(TrainingRun, TrainingCallback):
             self.next_callback.on_train_loss_report(info)
 
     def on_val_loss_report(self, val_info: dict) -> None:
-        # Validation runs in the hook; train() is given no validation set.
-        if self.next_callback is not None:
-            self.next_callback.on_val_loss_report(val_info)
+        # Validation runs in the hook, which reports on; a report from train() is
+        # mlx-lm < 0.30.7's empty validation (see without_trainer_validation): dropped.
+        pass
+
+
+def without_trainer_validation(args) -> dict:
+    """``train()``'s ``val_dataset`` and ``args`` for a call that validates nothing.
+
+    Validation runs in the hook, on the global count. mlx-lm >= 0.30.7 skips its own for
+    an empty set. Up to 0.30.6 it validates at each call's first and last iteration
+    whatever the set, and takes its len() (None fails there). With ``val_batches=0``
+    that validation draws no batch (``evaluate()`` zips ``range(0)`` first, so the batch
+    generator never starts and numpy's random state is untouched); it prints
+    "Val loss nan" (dropped by _global_console) and calls ``on_val_loss_report``.
+    """
+    return {
+        "val_dataset": [],
+        "args": dataclasses.replace(args, val_batches=0, steps_per_eval=args.iters + 1),
+    }
 
 
 @contextmanager
@@ -198,6 +215,8 @@ def _global_console(run: MlxLmTraining):
 
         def shifted(*values, **kwargs):
             if values and isinstance(values[0], str):
+                if re.match(r"Iter \d+: Val loss nan", values[0]):
+                    return  # without_trainer_validation's empty validation
                 line = re.sub(r"^Iter (\d+)", lambda m: f"Iter {int(m[1]) + start}", values[0])
                 values = (line, *values[1:])
             builtins.print(*values, **kwargs)

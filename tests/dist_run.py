@@ -18,7 +18,8 @@ under ``--results``:
   token rows of every training batch this rank got, and every file-system
   write this process made under ``--out`` (from Python's audit hooks).
 
-``--kill-rank R --kill-at N``: rank ``R`` SIGKILLs itself after iteration ``N``.
+``--kill-rank R --kill-at N``: rank ``R`` SIGKILLs itself after iteration ``N``;
+``--term-rank R --term-at N``: rank ``R`` sends itself SIGTERM after iteration ``N``.
 """
 
 import argparse
@@ -40,6 +41,8 @@ _parser.add_argument("--until", type=int, default=None)
 _parser.add_argument("--resume", action="store_true")
 _parser.add_argument("--kill-rank", type=int, default=None)
 _parser.add_argument("--kill-at", type=int, default=None)
+_parser.add_argument("--term-rank", type=int, default=None)
+_parser.add_argument("--term-at", type=int, default=None)
 ARGS = _parser.parse_args()
 # The test points the launcher's own temporary files at its folder through TMPDIR;
 # this rank gets the usual one back (mlx keeps its compiled kernels there).
@@ -125,10 +128,11 @@ def watch_writes(root: Path) -> list:
 class Recorder(TrainingCallback):
     """Every loss report mlx-lm makes on this rank; optionally dies after one."""
 
-    def __init__(self, rank: int, kill_rank, kill_at):
+    def __init__(self, rank: int, kill_rank, kill_at, term_rank=None, term_at=None):
         self.reports = []
         self.die = kill_rank == rank and kill_at is not None
         self.kill_at = kill_at
+        self.term_at = term_at if term_rank == rank else None
 
     def on_train_loss_report(self, info):
         self.reports.append(
@@ -137,6 +141,8 @@ class Recorder(TrainingCallback):
         print(f"iteration {info['iteration']}", flush=True)
         if self.die and info["iteration"] == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if info["iteration"] == self.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RecordingTraining(MlxLmTraining):
@@ -177,7 +183,7 @@ def main():
         steps_per_eval=25, steps_per_save=ARGS.save_every,
         adapter_file=ARGS.out / "adapters.safetensors",
     )  # fmt: skip
-    recorder = Recorder(group.rank(), ARGS.kill_rank, ARGS.kill_at)
+    recorder = Recorder(group.rank(), ARGS.kill_rank, ARGS.kill_at, ARGS.term_rank, ARGS.term_at)
     # From here on every write under --out is the library's (or mlx-lm's).
     writes = watch_writes(ARGS.out)
     training = RecordingTraining(

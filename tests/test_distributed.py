@@ -309,3 +309,34 @@ def test_every_rank_resumes_from_rank_0s_checkpoint_after_a_stop_and_a_kill(whol
         assert read_scalars(out / "tensorboard", tag) == read_scalars(
             whole_out / "tensorboard", tag
         ), tag
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_iteration(whole, tiny, tmp_path):
+    whole_out, whole_results, whole_ranks = whole
+    out = tmp_path / "out"
+
+    # Rank 1, which writes nothing, gets SIGTERM after iteration 14: both ranks stop at
+    # the next update boundary, 15, and rank 0 writes a checkpoint there.
+    stopped = Launch(tiny, out, tmp_path / "stopped", "--term-rank", "1", "--term-at", "14")
+    assert stopped.result(0) is None and stopped.result(1) is None, stopped.report()
+    for r in range(RANKS):
+        done = [line for line in stopped.log(r).splitlines() if line.startswith("iteration ")]
+        assert done[-1] == "iteration 14", stopped.report()
+    said = [line for line in stopped.log(0).splitlines() if line.startswith("Stopped by")]
+    assert len(said) == 1 and "SIGTERM after iteration 15" in said[0], stopped.report()
+    assert "Stopped by" not in stopped.log(1)  # only rank 0 speaks
+    assert checkpoint_folders(out) == ["step_000000010", "step_000000015"]
+
+    last_results = tmp_path / "last"
+    last = Launch(tiny, out, last_results, "--resume").ok()
+    for r, result in enumerate(last):
+        assert result["resumed"] == 15
+        assert result["reports"] == whole_ranks[r]["reports"][15:]
+        assert_bitwise_equal(
+            last_results / f"rank{r}.safetensors", whole_results / "rank0.safetensors"
+        )
+    assert_bitwise_equal(out / "adapters.safetensors", whole_out / "adapters.safetensors")
+    for tag in ("train/learning_rate", "train/loss", "val/loss"):
+        assert read_scalars(out / "tensorboard", tag) == read_scalars(
+            whole_out / "tensorboard", tag
+        ), tag
