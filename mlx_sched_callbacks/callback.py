@@ -499,20 +499,38 @@ class LRScheduleCallback:
         if writer is None or writer.closed:
             writer = self.writer
         if writer is not None:
-            writer.add_scalar(tag, float(value), step)
-            if not self.flush_secs:
-                writer.push()
+            try:
+                writer.add_scalar(tag, float(value), step)
+                if not self.flush_secs:
+                    writer.push()
+            except OSError as error:
+                raise _naming(error, writer) from error
 
     def flush(self) -> None:
         """Put every logged point on disk."""
         if self._writer is not None and not self._writer.closed:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except OSError as error:
+                raise _naming(error, self._writer) from error
 
     def close(self) -> None:
         """Put every logged point on disk and close the event file."""
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as error:
+                raise _naming(error, self._writer) from error
         self._next_file_start = self.step + 1
+
+    def abandon_log(self) -> None:
+        """Stop logging after a write failed: close the event file, whatever it says."""
+        self.log_dir = None
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
@@ -598,6 +616,13 @@ class LRScheduleCallback:
             self.load_state_dict(state, allow_schedule_change=allow_schedule_change)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+
+def _naming(error: OSError, writer: EventWriter) -> OSError:
+    """``error`` with the event file it happened to, for a message that names it."""
+    return OSError(
+        error.errno, f"cannot write TensorBoard events {writer.path}: {error.strerror or error}"
+    )
 
 
 def _validate_state(state) -> tuple[int, dict[str, schedules.Schedule], dict]:

@@ -107,7 +107,10 @@ def _push_until_stopped(file, seconds: float, stopped: threading.Event) -> None:
     # the one logging never interleave inside the buffer; an empty buffer's
     # flush() makes no system call.
     while not stopped.wait(seconds):
-        file.flush()
+        try:
+            file.flush()
+        except OSError:  # a full disk, say: the logging thread meets it at its next write
+            return
 
 
 def _close(file, stopped: threading.Event, pusher: threading.Thread | None) -> None:

@@ -420,7 +420,10 @@ class TrainingRun:
         where = f"checkpoint {checkpoint}" if saved else "no checkpoint written"
         how = self.resume_command or "resume() then train() on a new run object"
         if self._failure is not None:
-            reason = f"Stopped after iteration {self.iteration}: {self._failure} ({where})."
+            reason = (
+                f"Stopped after iteration {self.iteration}: {self._failure} ({where}). "
+                f"Once it can be written, continue with: {how}"
+            )
             code = 1
         else:
             signum = self._signals.requested
@@ -431,16 +434,23 @@ class TrainingRun:
             code = 128 + signum
         return TrainingStopped(code, self.iteration, checkpoint if saved else None, reason)
 
-    def _guarded(self, step) -> None:
-        """Run a hook step; a disk failure stops the run politely instead of with tracebacks."""
+    def _guarded(self, step, step_ran: bool = True) -> None:
+        """Run a hook step; a disk failure stops the run politely instead of with tracebacks.
+
+        ``step_ran``: the trainer has run the step of the iteration last handed over,
+        so it can be counted and checkpointed; otherwise the data has moved on to an
+        iteration not run yet, and a checkpoint now would skip it.
+        """
         try:
             step()
         except OSError as error:
-            what = error.filename or getattr(self.callback.writer, "path", None) or "a file"
-            self._failure = f"cannot write {what}: {error.strerror or error}"
+            self._failure = error.strerror or str(error)
+            self.callback.abandon_log()  # the log may be what failed; the rest is on disk
             try:
-                self.callback.log_dir = None  # the log may be what failed
-                if self._saved_at != self.iteration:
+                if step_ran:
+                    self._finish_iteration()
+                done = self._pulled == self.iteration != self._saved_at
+                if done and self.iteration % self.args.grad_accumulation_steps == 0:
                     self.save_checkpoint()
             except OSError as again:
                 self._failure += f"; the checkpoint failed too: {again.strerror or again}"
@@ -467,7 +477,7 @@ class TrainingRun:
 
     def begin_iteration(self) -> None:
         """Call before handing the next training batch to the trainer."""
-        self._guarded(self._begin_iteration)
+        self._guarded(self._begin_iteration, step_ran=False)
 
     def _begin_iteration(self) -> None:
         self._finish_iteration()
@@ -540,10 +550,14 @@ class TrainingRun:
             info["trained_tokens"] = self._tokens_before + info["trained_tokens"]
             self._last_trained_tokens = info["trained_tokens"]
         x = self.x(info["iteration"])
-        for field, tag in self.report_tags.items():
-            value = info.get(field)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.callback.log_scalar(tag, value, x)
+
+        def log():
+            for field, tag in self.report_tags.items():
+                value = info.get(field)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.callback.log_scalar(tag, value, x)
+
+        self._guarded(log)
         return info
 
     # -- checkpoints -------------------------------------------------------

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import read_scalars
+from test_bad_checkpoints import small_filesystem  # noqa: F401 - a fixture
 from test_lm import assert_same_arrays, tiny, write_config  # noqa: F401 - a fixture
 
 from mlx_sched_callbacks.stopping import StopSignals
@@ -160,3 +161,29 @@ def test_a_resumed_run_prints_global_iterations(tiny, tmp_path):  # noqa: F811
     plain = re.sub(r"\x1b\[[0-9;]*m", "", resumed.stdout)
     rows = [int(m[1]) for m in re.finditer(r"^\s+(\d+)\s+\d+\.\d+ [▼▲]", plain, re.M)]
     assert rows == [25, 30], resumed.stdout
+
+
+def test_a_full_log_disk_stops_the_run_with_a_checkpoint(tiny, tmp_path, small_filesystem):  # noqa: F811
+    from mlx_sched_callbacks.checkpoint import checkpoint_problem
+
+    log_disk = small_filesystem("size=16k")
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny, out, iters=400, save_every=100,
+                          steps_per_report=1)  # fmt: skip
+    done = subprocess.run(lora(config, "--log-dir", str(log_disk / "tb")), capture_output=True,
+                          text=True, env=ENV)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    said = [line for line in done.stdout.splitlines() if line.startswith("Stopped after")]
+    assert len(said) == 1, done.stdout
+    assert "cannot write TensorBoard events" in said[0] and "No space left on device" in said[0]
+    stopped_at = int(said[0].split("after iteration ")[1].split(":")[0])
+    assert 0 < stopped_at < 400
+    checkpoint = out / f"checkpoints/step_{stopped_at:09d}"
+    assert f"(checkpoint {checkpoint}). Once it can be written, continue with: " in said[0]
+    assert checkpoint_problem(checkpoint) is None
+    # With room for the log again, the run continues from the checkpoint to the end.
+    resumed = subprocess.run(lora(config, "--resume", "--iters", "400"), capture_output=True,
+                             text=True, env=ENV)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming at iteration {stopped_at}" in resumed.stdout
