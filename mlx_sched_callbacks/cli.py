@@ -15,7 +15,6 @@ import signal
 import sys
 import traceback
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 from .cli_run import (
@@ -92,16 +91,6 @@ def user_error_message(error: BaseException) -> str | None:
     for python, flag in FLAG_NAMES.items():
         message = message.replace(python, flag)
     return message
-
-
-@contextmanager
-def _replaced(module, name, value):
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
 
 
 def lora_parser() -> argparse.ArgumentParser:
@@ -250,6 +239,7 @@ def run_lora(
     from mlx_lm import lora
 
     from .lm import MlxLmTraining
+    from .run import replaced
 
     try:
         schedule = schedule_from_config(args.lr_schedule, args.learning_rate)
@@ -287,9 +277,9 @@ def run_lora(
 
     run_args = args
     with (
-        _replaced(lora, "train", train),
-        _replaced(lora, "load", _checked_load(lora.load, model_where)),
-        _replaced(lora, "load_dataset", _checked_load_dataset(lora.load_dataset, data_where)),
+        replaced(lora, "train", train),
+        replaced(lora, "load", _checked_load(lora.load, model_where)),
+        replaced(lora, "load_dataset", _checked_load_dataset(lora.load_dataset, data_where)),
     ):
         lora.run(args)
     return trained[0] if trained else None

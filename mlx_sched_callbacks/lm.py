@@ -19,13 +19,7 @@ import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
 
-from .run import (
-    TrainingRun,
-    load_adapters_checked,
-    local_args,
-    numpy_state_from_json,
-    numpy_state_to_json,
-)
+from .run import NumpyEpochs, TrainingRun, load_adapters_checked, local_args
 
 __all__ = ["MlxLmTraining", "load_adapters_checked"]
 
@@ -39,7 +33,7 @@ TRAIN_TAGS = {
 }
 
 
-class MlxLmTraining(TrainingRun, TrainingCallback):
+class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
     """Train with mlx-lm's ``train()`` under a schedule, with logs and exact resume.
 
     ``args`` is mlx-lm's ``TrainingArgs``: ``iters`` is the length of the whole
@@ -63,7 +57,6 @@ class MlxLmTraining(TrainingRun, TrainingCallback):
     """
 
     format = "mlx_sched_callbacks.MlxLmTraining"
-    data_fields = {"epoch_position": int, "numpy_epoch_start": list, "numpy_now": list}
     report_tags = TRAIN_TAGS
 
     def __init__(
@@ -82,8 +75,6 @@ class MlxLmTraining(TrainingRun, TrainingCallback):
         super().__init__(model, optimizer, schedule, args, train_dataset, val_dataset, **options)
         self.loss = loss
         self.inner_iterate_batches = iterate_batches
-        self._epoch_start_state = None
-        self._epoch_position = 0
         self._ui = None  # mlx-lm's console table, while train() runs
 
     def run_trainer(self, iters: int) -> None:
@@ -109,48 +100,15 @@ class MlxLmTraining(TrainingRun, TrainingCallback):
             return
         if seed is not None:
             np.random.seed(seed)
-        for batch in self._training_batches(batches, comm_group):
+        # One loop=False pass per epoch draws the same permutations, at the same
+        # moments, as mlx-lm's loop=True, and shows where each epoch starts.
+        epochs = self.numpy_epochs(
+            lambda: self.inner_iterate_batches(**batches, comm_group=comm_group)
+        )
+        for batch in epochs:
             self.begin_iteration()
             yield batch
             self.end_iteration()
-
-    def _training_batches(self, batches, comm_group):
-        # One loop=False pass per epoch draws the same permutations, at the same
-        # moments, as mlx-lm's loop=True, and shows where each epoch starts.
-        resume, self._resume_data = self._resume_data, None
-        while True:
-            if resume is not None:
-                np.random.set_state(numpy_state_from_json(resume["numpy_epoch_start"], "data"))
-            self._epoch_start_state = np.random.get_state()
-            self._epoch_position = 0
-            epoch = iter(self.inner_iterate_batches(**batches, comm_group=comm_group))
-            if resume is not None:
-                for _ in range(resume["epoch_position"]):
-                    next(epoch)
-                self._epoch_position = resume["epoch_position"]
-                np.random.set_state(numpy_state_from_json(resume["numpy_now"], "data"))
-                resume = None
-            for batch in epoch:
-                self._epoch_position += 1
-                yield batch
-
-    def data_state(self) -> dict:
-        return {
-            "epoch_position": self._epoch_position,
-            "numpy_epoch_start": numpy_state_to_json(self._epoch_start_state),
-            "numpy_now": numpy_state_to_json(np.random.get_state()),
-        }
-
-    def check_data_state(self, state: dict, where: str) -> None:
-        for name in ("numpy_epoch_start", "numpy_now"):
-            numpy_state_from_json(state[name], f"{where}: {name}")
-        # mlx-lm's batches: len(dataset) // batch_size per epoch (fewer per rank).
-        per_epoch = len(self.train_dataset) // self.args.batch_size
-        if not 0 <= state["epoch_position"] <= per_epoch:
-            raise ValueError(
-                f"{where}: epoch_position {state['epoch_position']} is outside an epoch of "
-                f"this data (0..{per_epoch} batches)."
-            )
 
     def evaluate(self) -> float:
         args = self.args

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .run import TrainingRun, numpy_state_from_json, numpy_state_to_json
+from .run import NumpyEpochs, TrainingRun, replaced
 
 __all__ = ["MODES", "MlxLmLoraTraining", "main", "metal_key_for_cpu"]
 
@@ -171,7 +171,7 @@ def _tag(split: str, key: str) -> str:
     return f"{split}/peak_memory_gb" if name == "peak_memory" else f"{split}/{name}"
 
 
-class MlxLmLoraTraining(TrainingRun):
+class MlxLmLoraTraining(NumpyEpochs, TrainingRun):
     """Train with an mlx-lm-lora trainer under a schedule, with logs and exact resume.
 
     ``trainer_kwargs`` are the keyword arguments of ``train_<mode>`` (model,
@@ -194,7 +194,6 @@ class MlxLmLoraTraining(TrainingRun):
     """
 
     format = "mlx_sched_callbacks.MlxLmLoraTraining"
-    data_fields = {"epoch_position": int, "numpy_epoch_start": list, "numpy_now": list}
 
     def __init__(self, mode: str, schedule, trainer_kwargs: dict, *, trainer=None, **options):
         if mode not in MODES:
@@ -223,8 +222,6 @@ class MlxLmLoraTraining(TrainingRun):
         self.inner_batches = self.kw.get("iterate_batches") or getattr(
             self.module, self.mode.batches
         )
-        self._epoch_start_state = None
-        self._epoch_position = 0
 
     def run_trainer(self, iters: int) -> None:
         kw = dict(self.kw, val_dataset=None, training_callback=self)  # validation is ours
@@ -233,7 +230,7 @@ class MlxLmLoraTraining(TrainingRun):
             kw["iterate_batches"] = self.iterate_batches
             self.trainer(**kw)
             return
-        with _replaced(self.module, self.mode.batches, self.iterate_batches):
+        with replaced(self.module, self.mode.batches, self.iterate_batches):
             self.trainer(**kw)
 
     # -- the per-step hook -------------------------------------------------
@@ -243,7 +240,7 @@ class MlxLmLoraTraining(TrainingRun):
         if not train:
             return self.inner_batches(*args, **kwargs)
         per_epoch = len(self.train_dataset) // self.args.batch_size
-        epochs = self._stream(
+        epochs = self.numpy_epochs(
             lambda: self.inner_batches(*args, train=True, **kwargs),
             per_epoch if self.mode.one_generator else 1,
         )
@@ -256,48 +253,6 @@ class MlxLmLoraTraining(TrainingRun):
             batch = next(stream)
             self.begin_iteration()
             yield batch
-
-    def _stream(self, new_generator, per_epoch: int):
-        """Batches, ``per_epoch`` from each new generator, after replaying a saved position.
-
-        A trainer that calls the batch function afresh each iteration takes one batch
-        of each: its epochs are one batch long, and its position is numpy's state.
-        """
-        resume, self._resume_data = self._resume_data, None
-        epoch = None
-        if resume is not None:
-            if 0 < resume["epoch_position"] < per_epoch:
-                start = numpy_state_from_json(resume["numpy_epoch_start"], "data")
-                np.random.set_state(start)
-                self._epoch_start_state, epoch = np.random.get_state(), new_generator()
-                for _ in range(resume["epoch_position"]):
-                    next(epoch)
-                self._epoch_position = resume["epoch_position"]
-            np.random.set_state(numpy_state_from_json(resume["numpy_now"], "data"))
-        while True:
-            if epoch is None or self._epoch_position >= per_epoch:
-                self._epoch_start_state, epoch = np.random.get_state(), new_generator()
-                self._epoch_position = 0
-            batch = next(epoch)
-            self._epoch_position += 1
-            yield batch
-
-    def data_state(self) -> dict:
-        return {
-            "epoch_position": self._epoch_position,
-            "numpy_epoch_start": numpy_state_to_json(self._epoch_start_state),
-            "numpy_now": numpy_state_to_json(np.random.get_state()),
-        }
-
-    def check_data_state(self, state: dict, where: str) -> None:
-        for name in ("numpy_epoch_start", "numpy_now"):
-            numpy_state_from_json(state[name], f"{where}: {name}")
-        per_epoch = len(self.train_dataset) // self.args.batch_size
-        if not 0 <= state["epoch_position"] <= per_epoch:
-            raise ValueError(
-                f"{where}: epoch_position {state['epoch_position']} is outside an epoch of "
-                f"this data (0..{per_epoch} batches)."
-            )
 
     # -- validation and reports ------------------------------------------------
 
@@ -339,16 +294,6 @@ class MlxLmLoraTraining(TrainingRun):
 
 
 @contextlib.contextmanager
-def _replaced(owner, name, value):
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
-@contextlib.contextmanager
 def metal_key_for_cpu():
     """Give ``mx.device_info()`` Metal's ``max_recommended_working_set_size`` where it lacks it.
 
@@ -370,7 +315,7 @@ def metal_key_for_cpu():
         info.setdefault(WORKING_SET_KEY, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         return info
 
-    with _replaced(mx, "device_info", device_info):
+    with replaced(mx, "device_info", device_info):
         yield
 
 
@@ -466,5 +411,5 @@ def main(argv) -> None:
     # mlx_lm_lora.train seeds mlx only after the LoRA layers are made, so their initial
     # weights differ from run to run; seeded here, a run can be repeated and compared.
     mx.random.seed(args.seed)
-    with metal_key_for_cpu(), _replaced(lora_train, name, train):
+    with metal_key_for_cpu(), replaced(lora_train, name, train):
         lora_train.run(args)

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -112,6 +113,77 @@ def load_adapters_checked(model, path: str | os.PathLike) -> None:
     expected = dict(tree_flatten(model.trainable_parameters()))
     check_fit(loaded, expected, f"adapters {path}", "this model")
     model.load_weights(list(loaded.items()), strict=False)
+
+
+class NumpyEpochs:
+    """The data position of trainers that shuffle with numpy's global random state.
+
+    mlx-lm and mlx-lm-lora draw a permutation per epoch from ``np.random``: the
+    position is numpy's state at the start of the current epoch, the batches drawn
+    since, and its state now. Mixed into a :class:`TrainingRun` adapter before it.
+    """
+
+    data_fields = {"epoch_position": int, "numpy_epoch_start": list, "numpy_now": list}
+    _epoch_start_state = None
+    _epoch_position = 0
+
+    def numpy_epochs(self, new_epoch, per_epoch: int | None = None):
+        """Batches from epoch after epoch of ``new_epoch()``, after replaying a saved position.
+
+        An epoch ends when its generator does, or after ``per_epoch`` batches (a
+        trainer that calls its batch function afresh each iteration and takes one
+        batch has epochs of 1).
+        """
+        resume, self._resume_data = self._resume_data, None
+        epoch = None
+        if resume is not None:
+            position = resume["epoch_position"]
+            if position and (per_epoch is None or position < per_epoch):
+                np.random.set_state(numpy_state_from_json(resume["numpy_epoch_start"], "data"))
+                self._epoch_start_state, epoch = np.random.get_state(), new_epoch()
+                for _ in range(position):
+                    next(epoch)
+                self._epoch_position = position
+            np.random.set_state(numpy_state_from_json(resume["numpy_now"], "data"))
+        while True:
+            if epoch is None or (per_epoch is not None and self._epoch_position >= per_epoch):
+                self._epoch_start_state, epoch = np.random.get_state(), new_epoch()
+                self._epoch_position = 0
+            try:
+                batch = next(epoch)
+            except StopIteration:
+                epoch = None
+                continue
+            self._epoch_position += 1
+            yield batch
+
+    def data_state(self) -> dict:
+        return {
+            "epoch_position": self._epoch_position,
+            "numpy_epoch_start": numpy_state_to_json(self._epoch_start_state),
+            "numpy_now": numpy_state_to_json(np.random.get_state()),
+        }
+
+    def check_data_state(self, state: dict, where: str) -> None:
+        for name in ("numpy_epoch_start", "numpy_now"):
+            numpy_state_from_json(state[name], f"{where}: {name}")
+        per_epoch = len(self.train_dataset) // self.args.batch_size
+        if not 0 <= state["epoch_position"] <= per_epoch:
+            raise ValueError(
+                f"{where}: epoch_position {state['epoch_position']} is outside an epoch of "
+                f"this data (0..{per_epoch} batches)."
+            )
+
+
+@contextmanager
+def replaced(owner, name: str, value):
+    """``owner.name = value`` for the duration: how an adapter reaches into a trainer."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
 
 
 class TrainingRun:

@@ -34,7 +34,7 @@ from .cli_run import (
     schedule_from_config,
     start_training,
 )
-from .run import TrainingRun
+from .run import TrainingRun, replaced
 
 __all__ = ["MlxVlmTraining", "main"]
 
@@ -171,16 +171,6 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
 
 
 @contextmanager
-def _replaced(module, name, value):
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
-@contextmanager
 def _global_console(run: MlxVlmTraining):
     """The engine's printed reports, numbered by the run's global iterations."""
 
@@ -191,7 +181,7 @@ def _global_console(run: MlxVlmTraining):
         return format_report(info, label)
 
     format_report = engine.format_metric_report
-    with _replaced(engine, "format_metric_report", shifted):
+    with replaced(engine, "format_metric_report", shifted):
         yield
 
 
@@ -221,7 +211,7 @@ def _parser_with_our_options(build_parser):
 def main(argv=None) -> None:
     """``mlx-sched vlm``: mlx-vlm's pipeline, training handed to :class:`MlxVlmTraining`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    with _replaced(mlx_vlm_cli, "build_parser", _parser_with_our_options(mlx_vlm_cli.build_parser)):
+    with replaced(mlx_vlm_cli, "build_parser", _parser_with_our_options(mlx_vlm_cli.build_parser)):
         options, settings = mlx_vlm_cli.parse_args(argv)
     try:
         schedule = schedule_from_config(options.lr_schedule, options.learning_rate)
@@ -241,7 +231,7 @@ def main(argv=None) -> None:
         start_training(training, options, log_dir)
         return {}
 
-    with _replaced(engine, "train", train):
+    with replaced(engine, "train", train):
         mlx_vlm_cli.run(options, settings)
 
 

@@ -1,21 +1,17 @@
 """What a user sees from ``mlx-sched``: the demo's closing lines and the commands they print,
 run as printed; one-line errors (exit 2) for mistakes in the input; tracebacks for bugs."""
 
-import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import read_scalars
+from conftest import read_scalars, served_scalars
 
 from mlx_sched_callbacks import cli, schedules
 from mlx_sched_callbacks.tiny import build_tiny_dataset, build_tiny_model
@@ -74,17 +70,6 @@ def demo(tmp_path_factory):
     return cwd, result.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_demo_says_where_everything_is(demo):
     cwd, out = demo
     where = {
@@ -109,34 +94,8 @@ def test_demo_tensorboard_command_as_printed_serves_the_curves(demo):
     assert command == "tensorboard --logdir mlx-sched-demo/tensorboard"
     # As printed, from the folder the demo ran in; a free port on loopback, as the
     # default port 6006 may be taken on a shared machine.
-    port = free_port()
-    server = subprocess.Popen(
-        [*shlex.split(command), "--port", str(port), "--host", "127.0.0.1"],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    try:
-        deadline = time.monotonic() + 120
-        tags = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                tags = get_json(f"{base}/tags")
-                if "train/learning_rate" in tags.get(".", {}):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        assert server.poll() is None, server.stderr.read()
-        assert {"train/learning_rate", "train/loss", "val/loss"} <= set(tags["."]), tags
-        rows = get_json(f"{base}/scalars?run=.&tag=train/learning_rate")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server.stderr.close()
+    tags, rows = served_scalars(shlex.split(command), want=40, cwd=cwd)
+    assert {"train/learning_rate", "train/loss", "val/loss"} <= set(tags["."]), tags
     schedule = demo_schedule(40)
     assert [step for _, step, _ in rows] == list(range(1, 41))
     assert [value for _, _, value in rows] == [float(np.float32(schedule(s))) for s in range(40)]

@@ -7,20 +7,15 @@ preloaded with ``FAKETIME=-10m``: a real training process whose ``time.time()``
 is 600 s behind the process it resumes.
 """
 
-import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import read_scalars
+from conftest import read_scalars, run_until, served_scalars
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_loop.py"
@@ -50,18 +45,6 @@ def example(out, *extra):
     return [*command, "--out", str(out), *extra]
 
 
-def run_until(command, marker):
-    """Start ``command`` and SIGKILL it as soon as it prints a line starting with ``marker``."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith(marker):
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    process.stdout.close()
-    return process.returncode
-
-
 def file_events(path):
     """``(wall_times, first_step_with_a_summary)`` of one event file."""
     events = list(EventFileLoader(str(path)).Load())
@@ -69,44 +52,10 @@ def file_events(path):
     return [e.wall_time for e in events], steps[0] if steps else None
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def served_rows(log_dir, load_fast, tag=TAG, want=STEPS):
     """``[[wall_time, step, value], ...]`` as a real TensorBoard server serves them."""
-    port = free_port()
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
-    command.append(f"--load_fast={load_fast}")
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    query = urllib.parse.urlencode({"run": ".", "tag": tag})
-    rows = None
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if tag in get_json(f"{base}/tags").get(".", {}):
-                    rows = get_json(f"{base}/scalars?{query}")
-                    if len(rows) >= want:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.3)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    assert rows is not None, "the server never listed the tag"
-    return rows
+    return served_scalars([*command, f"--load_fast={load_fast}"], tag, want, timeout=30)[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,16 @@
 """Kill a real training process, resume it, and read the curve back as TensorBoard does."""
 
-import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from conftest import read_scalars
+from conftest import read_scalars, run_until, served_scalars
 
 from mlx_sched_callbacks import LRScheduleCallback
 from mlx_sched_callbacks import schedules as S
@@ -35,18 +30,6 @@ def example(out, *extra):
         str(out),
         *extra,
     ]
-
-
-def run_until(command, marker):
-    """Start ``command`` and SIGKILL it as soon as it prints a line starting with ``marker``."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith(marker):
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    process.stdout.close()
-    return process.returncode
 
 
 def test_sigkill_at_55_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -76,17 +59,6 @@ def test_sigkill_at_55_then_resume_matches_an_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(np.array(a[key]), np.array(b[key]), err_msg=key)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def resumed_log(log_dir):
     """A run checkpointed at 40, crashed at 55 and resumed to 100, in one log_dir."""
     schedule = S.warmup_cosine(0.1, 10, 100)
@@ -111,48 +83,14 @@ def resumed_log(log_dir):
 @pytest.mark.parametrize("loader", ["fast", "python"])
 def test_tensorboard_server_serves_one_clean_curve(tmp_path, loader):
     schedule = resumed_log(tmp_path)
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tensorboard.main",
-        "--logdir",
-        str(tmp_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--reload_interval",
-        "1",
-    ]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path)]
     if loader == "python":
         command.append("--load_fast=false")
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    tag = "train/learning_rate"
-    try:
-        deadline = time.monotonic() + 60
-        rows = None
-        while time.monotonic() < deadline:
-            try:
-                tags = get_json(f"{base}/tags")
-                if tag in tags.get(".", {}):
-                    query = urllib.parse.urlencode({"run": ".", "tag": tag})
-                    rows = get_json(f"{base}/scalars?{query}")
-                    if len(rows) >= 100:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.3)
-        assert rows is not None, "the server never listed the tag"
-        steps = [step for _, step, _ in rows]
-        values = [value for _, _, value in rows]
-        assert steps == list(range(1, 101))
-        assert values == [float(np.float32(schedule(s - 1))) for s in steps]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    _, rows = served_scalars(command, want=100, timeout=60)
+    steps = [step for _, step, _ in rows]
+    values = [value for _, _, value in rows]
+    assert steps == list(range(1, 101))
+    assert values == [float(np.float32(schedule(s - 1))) for s in steps]
 
 
 def test_load_optimizer_state_on_a_lora_model_in_a_compiled_custom_loop(tmp_path):
