@@ -109,18 +109,18 @@ def lora_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_config(path: str) -> dict:
-    """The --config YAML as a dict, read as mlx_lm.lora reads it."""
+def read_config(path: str, tool: str = "mlx_lm.lora", loader=None) -> dict:
+    """The --config YAML as a dict, read as ``tool`` reads it (mlx-lm's float rule)."""
     import yaml
     from mlx_lm import lora
 
     where = f"--config {path}"
     if not Path(path).is_file():
         what = "is a folder" if Path(path).is_dir() else "no such file"
-        raise UserError(f"{where}: {what}; give the path of an mlx_lm.lora YAML config.")
+        raise UserError(f"{where}: {what}; give the path of an {tool} YAML config.")
     try:
         with open(path) as f:
-            config = yaml.load(f, lora.yaml_loader)
+            config = yaml.load(f, loader or lora.yaml_loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -130,25 +130,30 @@ def read_config(path: str) -> dict:
         return {}
     if not isinstance(config, dict):
         raise UserError(
-            f"{where}: expected a mapping of mlx_lm.lora options (key: value lines), "
+            f"{where}: expected a mapping of {tool} options (key: value lines), "
             f"got a {type(config).__name__}."
         )
     return config
+
+
+def parse_like(parser, argv, defaults: dict, tool: str = "mlx_lm.lora", loader=None):
+    """Parse as ``tool`` does: flags win over the --config YAML, which wins over defaults."""
+    args = vars(parser.parse_args(argv))
+    if args["config"]:
+        for key, value in read_config(args["config"], tool, loader).items():
+            if args.get(key) is None:
+                args[key] = value
+    for key, value in defaults.items():
+        if args.get(key) is None:
+            args[key] = value
+    return types.SimpleNamespace(**args)
 
 
 def lora_args(argv) -> types.SimpleNamespace:
     """Parse like ``mlx_lm.lora``: flags win over the --config YAML, which wins over defaults."""
     from mlx_lm import lora
 
-    args = vars(lora_parser().parse_args(argv))
-    if args["config"]:
-        for key, value in read_config(args["config"]).items():
-            if args.get(key) is None:
-                args[key] = value
-    for key, value in lora.CONFIG_DEFAULTS.items():
-        if args.get(key) is None:
-            args[key] = value
-    return types.SimpleNamespace(**args)
+    return parse_like(lora_parser(), argv, lora.CONFIG_DEFAULTS)
 
 
 def _where(args, key: str) -> str:
@@ -452,7 +457,7 @@ def _trainer_command(module: str, extra: str, package: str):
         import importlib
 
         try:
-            main = importlib.import_module(f".{module}", __package__).main
+            importlib.import_module(f".{module}", __package__).main(argv)
         except ModuleNotFoundError as error:
             if (error.name or "").split(".")[0] != package:
                 raise
@@ -460,7 +465,6 @@ def _trainer_command(module: str, extra: str, package: str):
                 f'needs {package}, which is not installed: pip install "mlx-sched-callbacks'
                 f'[{extra}]" (with cpu or a cuda extra on Linux)'
             ) from error
-        main(argv)
 
     return command
 

@@ -19,18 +19,15 @@ import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
 
-from .run import NumpyEpochs, TrainingRun, load_adapters_checked, local_args
+from .run import (
+    MLX_LM_REPORT_TAGS,
+    NumpyEpochs,
+    TrainingRun,
+    load_adapters_checked,
+    local_args,
+)
 
 __all__ = ["MlxLmTraining", "load_adapters_checked"]
-
-# mlx-lm report fields and the TensorBoard tags they go to.
-TRAIN_TAGS = {
-    "train_loss": "train/loss",
-    "iterations_per_second": "train/iterations_per_second",
-    "tokens_per_second": "train/tokens_per_second",
-    "trained_tokens": "train/trained_tokens",
-    "peak_memory": "train/peak_memory_gb",
-}
 
 
 class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
@@ -57,7 +54,7 @@ class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
     """
 
     format = "mlx_sched_callbacks.MlxLmTraining"
-    report_tags = TRAIN_TAGS
+    report_tags = MLX_LM_REPORT_TAGS
 
     def __init__(
         self,

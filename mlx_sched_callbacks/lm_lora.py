@@ -324,17 +324,9 @@ def metal_key_for_cpu():
 
 def parse_args(argv):
     """Parse like ``mlx_lm_lora.train``: flags win over the --config YAML, then its defaults."""
-    import yaml
+    from mlx_lm_lora import train as lora_train
 
-    from .cli import Parser, UserError
-
-    try:
-        from mlx_lm_lora import train as lora_train
-    except ImportError as error:
-        raise UserError(
-            "mlx-lm-lora is not installed; install it with: "
-            "pip install 'mlx-sched-callbacks[lm-lora]'"
-        ) from error
+    from .cli import Parser, parse_like
     from .cli_run import add_run_options
 
     parser = lora_train.build_parser()
@@ -347,25 +339,9 @@ def parse_args(argv):
         "to_dict() form."
     )
     add_run_options(parser)
-    args = vars(parser.parse_args(argv))
-    if args["config"]:
-        try:
-            with open(args["config"]) as f:
-                config = yaml.load(f, Loader=lora_train.yaml_loader) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise UserError(f"--config {args['config']}: {error}") from error
-        if not isinstance(config, dict):
-            raise UserError(
-                f"--config {args['config']}: expected a mapping of mlx_lm_lora.train options, "
-                f"got a {type(config).__name__}."
-            )
-        for key, value in config.items():
-            if args.get(key) is None:
-                args[key] = value
-    for key, value in lora_train.CONFIG_DEFAULTS.items():
-        if args.get(key) is None:
-            args[key] = value
-    return types.SimpleNamespace(**args)
+    return parse_like(
+        parser, argv, lora_train.CONFIG_DEFAULTS, "mlx_lm_lora.train", lora_train.yaml_loader
+    )
 
 
 def main(argv) -> None:

@@ -56,6 +56,15 @@ from .stopping import DEFAULT_SIGNALS, StopSignals, TrainingStopped, signal_name
 
 TRAINER_STATE = "trainer.json"
 
+# The report fields of mlx-lm's train() (and trainers shaped like it) and their tags.
+MLX_LM_REPORT_TAGS = {
+    "train_loss": "train/loss",
+    "iterations_per_second": "train/iterations_per_second",
+    "tokens_per_second": "train/tokens_per_second",
+    "trained_tokens": "train/trained_tokens",
+    "peak_memory": "train/peak_memory_gb",
+}
+
 # Fields every trainer state holds; adapters add their data position's.
 _FIELDS = {
     "iteration": int,

@@ -34,21 +34,12 @@ from .cli_run import (
     schedule_from_config,
     start_training,
 )
-from .run import TrainingRun, replaced
+from .run import MLX_LM_REPORT_TAGS, TrainingRun, replaced
 
 __all__ = ["MlxVlmTraining", "main"]
 
 # The engine itself, whatever main() puts in its place while mlx-vlm's pipeline runs.
 engine_train, engine_evaluate = engine.train, engine.evaluate
-
-# mlx-vlm report fields and the TensorBoard tags they go to.
-TRAIN_TAGS = {
-    "train_loss": "train/loss",
-    "iterations_per_second": "train/iterations_per_second",
-    "tokens_per_second": "train/tokens_per_second",
-    "trained_tokens": "train/trained_tokens",
-    "peak_memory": "train/peak_memory_gb",
-}
 
 
 class MlxVlmTraining(TrainingRun, TrainingCallback):
@@ -77,7 +68,7 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
 
     format = "mlx_sched_callbacks.MlxVlmTraining"
     data_fields = {"data_seed": int}
-    report_tags = TRAIN_TAGS
+    report_tags = MLX_LM_REPORT_TAGS
     applies_leftover_group = True
 
     def __init__(
