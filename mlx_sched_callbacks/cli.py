@@ -88,6 +88,9 @@ def user_error_message(error: BaseException) -> str | None:
     if module.split(".")[0] not in INPUT_ERROR_SOURCES:
         return None
     message = one_line(str(error))
+    if isinstance(error, OSError) and error.strerror:  # not "[Errno 30] ..."
+        where = f"{error.filename}: " if error.filename else ""
+        message = one_line(where + error.strerror)
     for python, flag in FLAG_NAMES.items():
         message = message.replace(python, flag)
     return message
@@ -217,6 +220,14 @@ def _checked_load_dataset(load_dataset, where: str):
     def checked(args, tokenizer):
         try:
             return load_dataset(args, tokenizer)
+        except ModuleNotFoundError as error:
+            if error.name != "datasets":
+                raise
+            raise UserError(
+                f"{where}: no such folder; a Hugging Face hub dataset of that name needs the "
+                "datasets package (pip install datasets). Give a folder with train.jsonl and "
+                "valid.jsonl, or install datasets to load it from the hub."
+            ) from error
         except Exception as error:
             if not (_from_hub(error) or isinstance(error, (ValueError, ConnectionError))):
                 raise

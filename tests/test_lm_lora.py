@@ -30,7 +30,7 @@ ITERS, SAVE_EVERY = 8, 4
 LR_SCHEDULE = {"name": "cosine_decay", "arguments": [1e-3, 10, 1e-5], "warmup": 2}
 SCHEDULE = schedule_from_config(LR_SCHEDULE, 0.0)
 # (mode, k): killed after iteration 6 (checkpoint at 4), resumed, compared with a whole run.
-RESUMED = [("sft", 2), ("dpo", 2), ("orpo", 1), ("grpo", 2)]
+RESUMED = [("sft", 2), ("dpo", 2), ("orpo", 2), ("grpo", 2), ("sft", 1)]
 # Modes checked for the rate at every step (cpo: mlx's compile fails on CPU, see below).
 OTHERS = ["online_dpo", "ppo", "xpo", "rlhf_reinforce", "klpo", "cpo"]
 # Timings differ from run to run; every other tag must not.

@@ -187,3 +187,24 @@ def test_a_full_log_disk_stops_the_run_with_a_checkpoint(tiny, tmp_path, small_f
                              text=True, env=ENV)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at iteration {stopped_at}" in resumed.stdout
+
+
+def test_an_unwritable_run_folder_is_refused_before_loading(tiny, tmp_path, small_filesystem):  # noqa: F811, E501
+    read_only = small_filesystem("size=64k,ro")
+    config = write_config(tmp_path / "c.yaml", tiny, read_only / "adapters")
+    done = subprocess.run(lora(config), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"mlx-sched lora: error: cannot write in run folder {read_only / 'adapters'}: "
+        "Read-only file system"
+    ]
+    assert "Loading pretrained model" not in done.stdout
+
+
+def test_lora_with_adafactor_that_ignores_the_rate_is_one_line(tiny, tmp_path):  # noqa: F811
+    config = write_config(tmp_path / "c.yaml", tiny, tmp_path / "a", optimizer="adafactor")
+    done = subprocess.run(lora(config), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("mlx-sched lora: error: LRScheduleCallback: Adafactor was built with")
+    assert "optimizer_config: {adafactor: {relative_step: false}}" in line
