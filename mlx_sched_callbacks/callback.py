@@ -463,9 +463,9 @@ class LRScheduleCallback:
             with callback, callback.catch_signals():
                 for step in range(callback.step, total):
                     ...
-                    if callback.stop_requested:
+                    if signum := callback.stop_requested:
                         save_checkpoint()
-                        raise SystemExit(128 + callback.stop_requested)
+                        raise SystemExit(128 + signum)
         """
         self._signals = StopSignals(signals)
         return self._signals

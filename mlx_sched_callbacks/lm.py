@@ -135,9 +135,11 @@ class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
             self.next_callback.on_train_loss_report(info)
 
     def on_val_loss_report(self, val_info: dict) -> None:
-        # Validation runs in the hook, which reports on; a report from train() is
-        # mlx-lm < 0.30.7's empty validation (see without_trainer_validation): dropped.
-        pass
+        """Dropped: validation runs in the hook, which reports on itself.
+
+        A report from ``train()`` is mlx-lm < 0.30.7's empty validation (see
+        :func:`without_trainer_validation`).
+        """
 
 
 def without_trainer_validation(args) -> dict:

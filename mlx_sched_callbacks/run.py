@@ -527,6 +527,7 @@ class TrainingRun:
         except OSError as error:
             self._failure = error.strerror or str(error)
             self.callback.abandon_log()  # the log may be what failed; the rest is on disk
+            self._signals = None  # no stop vote now: the other ranks are not voting
             try:
                 if step_ran:
                     self._finish_iteration()
