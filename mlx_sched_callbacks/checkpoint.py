@@ -322,12 +322,34 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
             f"optimizer has {len(targets)}."
         )
     for target, source in zip(targets, sources):
-        target.clear()
-        target.update(source)
+        if parameters is None:
+            target.clear()
+        _update_in_place(target, source)
     if parameters is not None:
         # tree_flatten dropped the empty subtrees (a LoRA model's frozen parts); without
         # them the next update raises KeyError. init() fills in only what is missing.
         optimizer.init(parameters)
+
+
+def _update_in_place(target: dict, source: dict) -> None:
+    """Put ``source``'s values into ``target``, keeping ``target``'s key order.
+
+    The order is the one ``optimizer.init`` gave: a resumed run then saves its
+    state in the same order, and so the same bytes, as an uninterrupted one.
+    """
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _update_in_place(target[key], value)
+        elif isinstance(value, list) and isinstance(target.get(key), list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and i < len(target[key]):
+                    _update_in_place(target[key][i], item)
+                elif i < len(target[key]):
+                    target[key][i] = item
+                else:
+                    target[key].append(item)
+        else:
+            target[key] = value
 
 
 def read_arrays(path: Path, what: str) -> dict:

@@ -271,7 +271,8 @@ def run_lora(
     args.lr_schedule = None
     log_dir = log_dir_for(args.adapter_path, args.log_dir)
     hold_before_loading(args.adapter_path, log_dir)
-    trained = []
+    trained, configs = [], []
+    save_config = lora.save_config
 
     def train(model, args, optimizer, train_dataset, val_dataset=None, training_callback=None):
         training = MlxLmTraining(
@@ -288,11 +289,16 @@ def run_lora(
         )
         if run_args.resume:
             training.resume(allow_schedule_change=run_args.allow_schedule_change)
+        # mlx-lm writes adapter_config.json before training: held back until every
+        # check has passed, so that a refused resume leaves the run folder as it was.
+        for config, path in configs:
+            save_config(config, path)
         training.train()
         trained.append(log_dir)
 
     run_args = args
     with (
+        replaced(lora, "save_config", lambda *config: configs.append(config)),
         replaced(lora, "train", train),
         replaced(lora, "load", _checked_load(lora.load, model_where)),
         replaced(lora, "load_dataset", _checked_load_dataset(lora.load_dataset, data_where)),

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .lock import hold_run_folders
+from .lock import check_writable, hold_run_folders
 
 
 def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH") -> None:
@@ -58,11 +58,18 @@ def log_dir_for(run_folder: str | Path, log_dir: str | None) -> str:
 
 
 def hold_before_loading(run_folder: str | Path, log_dir: str) -> None:
-    """One writer per run: refuse at once, before a model loads, if another process holds it."""
+    """One writer per run: refuse at once, before a model loads, if another process holds it.
+
+    An existing checkpoint folder that cannot be written is refused here too, before
+    the model loads, rather than at the first checkpoint.
+    """
     import mlx.core as mx
 
     if mx.distributed.init().rank() == 0:
         hold_run_folders(run_folder, log_dir)
+        checkpoints = Path(run_folder) / "checkpoints"
+        if checkpoints.is_dir():
+            check_writable(checkpoints, "checkpoint folder")
 
 
 def resume_command(argv=None) -> str:

@@ -19,13 +19,7 @@ import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
 
-from .run import (
-    MLX_LM_REPORT_TAGS,
-    NumpyEpochs,
-    TrainingRun,
-    load_adapters_checked,
-    local_args,
-)
+from .run import MLX_LM_REPORT_TAGS, NumpyEpochs, TrainingRun, load_adapters_checked
 
 __all__ = ["MlxLmTraining", "load_adapters_checked"]
 
@@ -75,16 +69,18 @@ class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
         self._ui = None  # mlx-lm's console table, while train() runs
 
     def run_trainer(self, iters: int) -> None:
+        # validation runs in the hook, on the global count
+        no_validation = without_trainer_validation(self.args)
         with _global_console(self):
             mlx_lm_trainer.train(
                 model=self.model,
                 optimizer=self.optimizer,
                 train_dataset=self.train_dataset,
+                val_dataset=no_validation["val_dataset"],
+                args=self.call_args(no_validation["args"], iters),
                 loss=self.loss,
                 iterate_batches=self.iterate_batches,
                 training_callback=self,
-                # validation runs in the hook, on the global count
-                **without_trainer_validation(local_args(self.args, iters)),
             )
 
     def iterate_batches(
@@ -102,10 +98,11 @@ class MlxLmTraining(NumpyEpochs, TrainingRun, TrainingCallback):
         epochs = self.numpy_epochs(
             lambda: self.inner_iterate_batches(**batches, comm_group=comm_group)
         )
-        for batch in epochs:
+        while True:
+            self.before_next_batch()
+            batch = next(epochs)
             self.begin_iteration()
             yield batch
-            self.end_iteration()
 
     def evaluate(self) -> float:
         args = self.args
@@ -187,7 +184,7 @@ def _global_console(run: MlxLmTraining):
 
     class GlobalTrainUI(base):
         def __init__(self, total_iters, rank=0):
-            super().__init__(start + total_iters, rank)
+            super().__init__(run.args.iters, rank)
             progress, task = getattr(self, "_progress", None), getattr(self, "_task", None)
             if progress is not None and task is not None:
                 progress.update(task, completed=start)

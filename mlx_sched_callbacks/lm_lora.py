@@ -17,7 +17,6 @@ Everything else (counting, validation, checkpoints, resume, stops) is
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import inspect
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .run import NumpyEpochs, TrainingRun, replaced
+from .run import NumpyEpochs, TrainingRun, global_progress, replaced
 
 __all__ = ["MODES", "MlxLmLoraTraining", "main", "metal_key_for_cpu"]
 
@@ -210,7 +209,8 @@ class MlxLmLoraTraining(NumpyEpochs, TrainingRun):
         args = types.SimpleNamespace(
             iters=a.iters, batch_size=a.batch_size, steps_per_save=a.steps_per_save,
             grad_accumulation_steps=a.gradient_accumulation_steps,
-            steps_per_eval=a.steps_per_eval, val_batches=a.val_batches,
+            steps_per_report=a.steps_per_report, steps_per_eval=a.steps_per_eval,
+            val_batches=a.val_batches,
             adapter_file=a.adapter_file,
         )  # fmt: skip
         options.setdefault("training_callback", self.kw.pop("training_callback", None))
@@ -225,13 +225,14 @@ class MlxLmLoraTraining(NumpyEpochs, TrainingRun):
 
     def run_trainer(self, iters: int) -> None:
         kw = dict(self.kw, val_dataset=None, training_callback=self)  # validation is ours
-        kw["args"] = dataclasses.replace(self.trainer_args, iters=iters, steps_per_save=iters + 1)
-        if self.mode.as_argument:
-            kw["iterate_batches"] = self.iterate_batches
-            self.trainer(**kw)
-            return
-        with replaced(self.module, self.mode.batches, self.iterate_batches):
-            self.trainer(**kw)
+        kw["args"] = self.call_args(self.trainer_args, iters)
+        with global_progress(self, self.module):
+            if self.mode.as_argument:
+                kw["iterate_batches"] = self.iterate_batches
+                self.trainer(**kw)
+                return
+            with replaced(self.module, self.mode.batches, self.iterate_batches):
+                self.trainer(**kw)
 
     # -- the per-step hook -------------------------------------------------
 
@@ -248,8 +249,7 @@ class MlxLmLoraTraining(NumpyEpochs, TrainingRun):
 
     def _pulls(self, stream):
         while True:
-            # The iteration before ends, and checkpoints, before the next batch is drawn.
-            self.end_iteration()
+            self.before_next_batch()
             batch = next(stream)
             self.begin_iteration()
             yield batch

@@ -51,15 +51,10 @@ def hold_run_folder(folder: str | os.PathLike) -> Path:
         key = folder.resolve()
         if key in _held:
             return folder
-        probe = folder / f".mlx-sched-write-test-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"x")
-        probe.unlink()
+        check_writable(folder)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
-        raise OSError(
-            error.errno, f"cannot write in run folder {folder}: {error.strerror or error}"
-        ) from None
+        raise _cannot_write(folder, "run folder", error) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -73,6 +68,23 @@ def hold_run_folder(folder: str | os.PathLike) -> Path:
         ) from None
     _held[key] = fd
     return folder
+
+
+def check_writable(folder: Path, what: str = "run folder") -> None:
+    """Refuse, naming ``folder``, if a file cannot be written in it (read-only, full)."""
+    probe = folder / f".mlx-sched-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        probe.unlink()
+    except OSError as error:
+        raise _cannot_write(folder, what, error) from None
+
+
+def _cannot_write(folder: Path, what: str, error: OSError) -> OSError:
+    if error.strerror and error.strerror.startswith("cannot write in "):
+        return error
+    return OSError(error.errno, f"cannot write in {what} {folder}: {error.strerror or error}")
 
 
 def hold_run_folders(*folders) -> None:

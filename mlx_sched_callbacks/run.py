@@ -2,16 +2,24 @@
 
 A trainer of the mlx-lm family runs its own loop and has no per-step hook, but it
 pulls one batch per iteration from a function it is given (or that its module
-calls). An adapter wraps that function and calls :meth:`TrainingRun.begin_iteration`
-before handing each training batch over; everything else lives here:
+calls). An adapter wraps that function: it calls :meth:`TrainingRun.before_next_batch`
+when the trainer asks for a batch, before drawing it, and
+:meth:`TrainingRun.begin_iteration` before handing it over; everything else lives here:
 
 * iterations and optimizer updates are counted on the run's global count, and
   the schedule's rate is set at the start of every accumulation group;
 * validation and the trainer's numbered adapter saves happen on that count, so a
   resumed run keeps them where an uninterrupted run has them;
 * a checkpoint (adapters, optimizer state, callback state, the trainer's data
-  position) is written every ``steps_per_save`` iterations, at the end, and at a
-  polite stop (SIGINT, SIGTERM); only rank 0 writes;
+  position and mlx's random key on every rank) is written
+  every ``steps_per_save`` iterations, at the end, and at a polite stop (SIGINT,
+  SIGTERM); only rank 0 writes. State is carried, never reconstructed: nothing is
+  reseeded, so a checkpoint changes nothing in the run that writes it;
+* the trainer is called in segments that end on its report grid (and at
+  checkpoints off that grid), so that after any resume its reports land on the
+  iterations of an uninterrupted run and the trained tokens are known at every
+  checkpoint; a polite stop shortens the call under way so that the trainer
+  reports the iterations it ran before it stops;
 * ``resume()`` verifies the newest checkpoint (checksums, fields against each
   other and against this run), skips a damaged one, and restores every part;
 * the trainer's reports go to TensorBoard beside the rate, on the update axis,
@@ -30,6 +38,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +74,8 @@ MLX_LM_REPORT_TAGS = {
     "peak_memory": "train/peak_memory_gb",
 }
 
+TRAINER_STATE_VERSION = 2  # version 1 reseeded mlx from the iteration; still read
+
 # Fields every trainer state holds; adapters add their data position's.
 _FIELDS = {
     "iteration": int,
@@ -72,7 +83,7 @@ _FIELDS = {
     "grad_accumulation_steps": int,
     "batch_size": int,
     "trained_tokens": (int, float),
-    "mx_random_seed": int,
+    "mx_random_keys": list,
 }
 
 
@@ -109,7 +120,30 @@ def numpy_state_from_json(state, where: str) -> tuple:
 
 
 def _mx_seed(iteration: int) -> int:
+    """The seed a version 1 checkpoint reseeded mlx with (read, never written)."""
     return int(np.random.default_rng(iteration).integers(2**31))
+
+
+def mx_random_key() -> list[int]:
+    """mlx's current random key as ``[hi, lo]``; :func:`set_mx_random_key` sets it again."""
+    return [int(word) for word in mx.random.state[0].tolist()]
+
+
+def set_mx_random_key(key) -> None:
+    """Make ``key`` (``[hi, lo]``) mlx's random key: the next draws are the saved run's."""
+    hi, lo = key
+    mx.random.seed((hi << 32) | lo)
+
+
+def _check_random_keys(keys, where: str) -> None:
+    words = [word for key in keys for word in (key if isinstance(key, list) else [None])]
+    pairs = all(isinstance(key, list) and len(key) == 2 for key in keys)
+    if not keys or not pairs or not all(_is_uint32(word) for word in words):
+        raise ValueError(f"{where}: mx_random_keys must be a list of [hi, lo] uint32 pairs.")
+
+
+def _is_uint32(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 def load_adapters_checked(model, path: str | os.PathLike) -> None:
@@ -185,6 +219,36 @@ class NumpyEpochs:
 
 
 @contextmanager
+def global_progress(run: TrainingRun, module):
+    """A trainer module's tqdm bar and ``Iter N`` lines, on the run's global count.
+
+    The trainer counts from 1 in every call: its bar gets the whole run as total
+    and starts where the call does, and the iteration and trained tokens in the
+    lines it writes through ``tqdm.write`` are shifted to the run's.
+    """
+    base = getattr(module, "tqdm", None)
+    if not isinstance(base, type):
+        yield
+        return
+    start, tokens = run._start_iteration, run._tokens_before
+
+    class GlobalProgress(base):
+        def __init__(self, iterable=None, *args, **kwargs):
+            if isinstance(iterable, range) and iterable.start == 1:  # the training loop
+                kwargs.update(initial=start, total=run.args.iters)
+            super().__init__(iterable, *args, **kwargs)
+
+        @classmethod
+        def write(cls, s, *args, **kwargs):
+            s = re.sub(r"^(\s*)Iter (\d+)", lambda m: f"{m[1]}Iter {int(m[2]) + start}", s)
+            s = re.sub(r"trained_tok (\d+)", lambda m: f"trained_tok {int(m[1]) + tokens}", s)
+            base.write(s, *args, **kwargs)
+
+    with replaced(module, "tqdm", GlobalProgress):
+        yield
+
+
+@contextmanager
 def replaced(owner, name: str, value):
     """``owner.name = value`` for the duration: how an adapter reaches into a trainer."""
     original = getattr(owner, name)
@@ -199,10 +263,10 @@ class TrainingRun:
     """One training run of a trainer that pulls one batch per iteration, under a schedule.
 
     ``args`` carries mlx-lm's ``TrainingArgs`` fields: ``iters`` (the whole run),
-    ``batch_size``, ``grad_accumulation_steps``, ``steps_per_save``,
-    ``steps_per_eval``, ``val_batches`` and ``adapter_file``. The schedule counts
-    optimizer updates; TensorBoard's x-axis is the update (``ceil(iteration / k)``
-    for a report of an iteration).
+    ``batch_size``, ``grad_accumulation_steps``, ``steps_per_report``,
+    ``steps_per_save``, ``steps_per_eval``, ``val_batches`` and ``adapter_file``.
+    The schedule counts optimizer updates; TensorBoard's x-axis is the update
+    (``ceil(iteration / k)`` for a report of an iteration).
     """
 
     #: trainer.json's format name; the data fields an adapter adds, with their types.
@@ -265,10 +329,13 @@ class TrainingRun:
             names=names,
         )
         self.iteration = 0  # global iterations finished
-        self._start_iteration = 0  # where the current train() call began
-        self._stop = args.iters  # where it ends
+        self._start_iteration = 0  # where the trainer call under way began
+        self._segment_stop = 0  # where it ends
+        self._stop = args.iters  # where the train() call ends
+        self._stop_at = None  # where a polite stop ends the run, once one is agreed
+        self._call_args = None  # the trainer's own args for the call under way
         self._pulled = 0  # global iterations whose batch was handed to the trainer
-        self._tokens_before = 0  # trained tokens reported before this train() call
+        self._tokens_before = 0  # trained tokens reported before the call under way
         self._last_trained_tokens = 0
         self._saved_at = None  # the iteration of the last checkpoint written
         self._signals: StopSignals | None = None
@@ -278,8 +345,23 @@ class TrainingRun:
     # -- what an adapter says ------------------------------------------------
 
     def run_trainer(self, iters: int) -> None:
-        """Run the trainer for ``iters`` iterations with the hook in place."""
+        """Run the trainer for ``iters`` iterations with the hook in place.
+
+        The trainer's own arguments for the call come from :meth:`call_args`.
+        """
         raise NotImplementedError
+
+    def call_args(self, args, iters: int, **changes):
+        """The trainer's own ``args`` (a dataclass) for one call of ``iters`` iterations.
+
+        Saves are numbered by the global iteration here; the trainer would restart at 1.
+        The object is kept: a polite stop lowers its ``iters``, which these trainers
+        read at every iteration, so that the trainer reports the iterations it ran.
+        """
+        self._call_args = dataclasses.replace(
+            args, iters=iters, steps_per_save=iters + 1, **changes
+        )
+        return self._call_args
 
     def data_state(self) -> dict:
         """The data position, as JSON fields of trainer.json (``data_fields``)."""
@@ -352,9 +434,16 @@ class TrainingRun:
         self._last_trained_tokens = state["trained_tokens"]
         self._saved_at = self.iteration
         self.restore_data(state)
-        mx.random.seed(state["mx_random_seed"])
+        self._restore_random(state)
         self._say(f"Resuming at iteration {self.iteration} from {folder}")
         return self.iteration
+
+    def _restore_random(self, state: dict) -> None:
+        if "mx_random_seed" in state:  # version 1
+            mx.random.seed(state["mx_random_seed"])
+            return
+        keys = state["mx_random_keys"]
+        set_mx_random_key(keys[self.rank] if len(keys) > 1 else keys[0])
 
     def _say(self, line: str) -> None:
         if self.rank == 0:
@@ -385,12 +474,16 @@ class TrainingRun:
         """Fields present, of their types, and consistent with each other."""
         if not isinstance(state, dict):
             raise ValueError(f"{where} must be a JSON object, got {type(state).__name__}.")
-        if state.get("format") != self.format or state.get("version") != 1:
+        version = state.get("version")
+        if state.get("format") != self.format or version not in (1, TRAINER_STATE_VERSION):
             raise ValueError(
-                f"{where} has format {state.get('format')!r} version {state.get('version')!r}, "
-                f"expected {self.format!r} version 1."
+                f"{where} has format {state.get('format')!r} version {version!r}, "
+                f"expected {self.format!r} version 1 or {TRAINER_STATE_VERSION}."
             )
         fields = {**_FIELDS, **self.data_fields}
+        if version == 1:
+            del fields["mx_random_keys"]
+            fields["mx_random_seed"] = int
         missing = sorted(set(fields) - set(state))
         if missing:
             raise ValueError(f"{where} is missing field(s) {missing}.")
@@ -410,8 +503,16 @@ class TrainingRun:
             )
         if not 1 <= state["batch_size"] <= 2**31 or not 0 <= state["trained_tokens"] < 2**63:
             raise ValueError(f"{where}: batch_size or trained_tokens is out of range.")
-        if state["mx_random_seed"] != _mx_seed(iteration):
+        if version == 1 and state["mx_random_seed"] != _mx_seed(iteration):
             raise ValueError(f"{where}: mx_random_seed does not belong to iteration {iteration}.")
+        if version != 1:
+            _check_random_keys(state["mx_random_keys"], str(where))
+            world = mx.distributed.init().size()
+            if len(state["mx_random_keys"]) not in (1, world):
+                raise ValueError(
+                    f"{where}: mx_random_keys holds the keys of "
+                    f"{len(state['mx_random_keys'])} ranks, this run has {world}."
+                )
         updates = iteration // k
         if self.applies_leftover_group and iteration % k:
             updates += 1
@@ -431,10 +532,24 @@ class TrainingRun:
                     f"{folder}: the checkpoint was trained with {name}={state[name]}, "
                     f"this run has {getattr(self.args, name)}; the data order would differ."
                 )
-        if state["iteration"] > self.args.iters:
+        iteration, k = state["iteration"], state["grad_accumulation_steps"]
+        if iteration > self.args.iters:
             raise ValueError(
-                f"{folder}: the checkpoint is at iteration {state['iteration']}, past this "
+                f"{folder}: the checkpoint is at iteration {iteration}, past this "
                 f"run's iters={self.args.iters}; raise --iters to train on from it."
+            )
+        if iteration == state["iters"] < self.args.iters and iteration % k:
+            ended = (
+                "was applied as a smaller update"
+                if self.applies_leftover_group
+                else "was never applied"
+            )
+            raise ValueError(
+                f"{folder}: the run ended at iteration {iteration}, inside an accumulation "
+                f"group of {k} (its last {iteration % k} iteration(s) {ended}), so a run of "
+                f"iters={self.args.iters} cannot continue it exactly; train iters="
+                f"{self.args.iters} from the start instead (a run can be extended when its "
+                f"iters is a multiple of {k})."
             )
 
     def _check_ranks_agree(self, iteration: int) -> None:
@@ -460,9 +575,9 @@ class TrainingRun:
 
         Stopping at ``until`` writes a checkpoint there; a later ``train()`` (in this
         process, or in another after :meth:`resume`) continues exactly. SIGINT or
-        SIGTERM stop it at the next update boundary with a checkpoint and raise
-        :class:`~mlx_sched_callbacks.stopping.TrainingStopped` (a ``SystemExit``
-        with code 130 or 143).
+        SIGTERM stop it at the end of the accumulation group under way, with a
+        checkpoint, and raise :class:`~mlx_sched_callbacks.stopping.TrainingStopped`
+        (a ``SystemExit`` with code 130 or 143).
         """
         stop = self.args.iters if until is None else min(until, self.args.iters)
         if stop % self.args.grad_accumulation_steps and stop != self.args.iters:
@@ -470,21 +585,27 @@ class TrainingRun:
                 "until must be a multiple of grad_accumulation_steps="
                 f"{self.args.grad_accumulation_steps}, got {until}."
             )
-        remaining = stop - self.iteration
-        if remaining <= 0:
+        if stop <= self.iteration:
             self.callback.close()
             return
         self._hold_folders()
-        self._start_iteration, self._stop = self.iteration, stop
-        # Trainers count their tokens from 0 in every call.
-        self._tokens_before = self._last_trained_tokens
+        self._stop, self._stop_at = stop, None
         self._set_aside_later_checkpoints()
         self.optimizer.init(self.model.trainable_parameters())
         stopped = None
         with self.callback, StopSignals(self.stop_signals) as self._signals:
             try:
-                self.run_trainer(remaining)
-                self._guarded(self._finish_iteration)
+                while self.iteration < stop:
+                    self._start_iteration = self.iteration
+                    self._segment_stop = self._segment_end(self.iteration, stop)
+                    # Trainers count their tokens from 0 in every call.
+                    self._tokens_before = self._last_trained_tokens
+                    self.run_trainer(self._segment_stop - self.iteration)
+                    self._guarded(self._finish_iteration)
+                    if self.iteration == self._stop_at:
+                        raise _Stop
+                    # The next call picks up the data stream mid-epoch, as after a resume.
+                    self.restore_data(self.trainer_state())
             except _Stop:
                 stopped = self._stopped()
             finally:
@@ -492,8 +613,25 @@ class TrainingRun:
         if stopped is not None:
             self._say(stopped.reason)
             raise stopped
-        # A later train() call picks up the data stream mid-epoch, as after a resume.
-        self.restore_data(self.trainer_state())
+
+    def _segment_end(self, start: int, stop: int) -> int:
+        """Where the trainer call that starts at ``start`` ends: an update boundary.
+
+        A trainer reports every ``steps_per_report`` of its own iterations: a call
+        that starts off that grid (after a resume or a polite stop) ends at the next
+        point on it, so that later reports land where an uninterrupted run has them.
+        Checkpoints off the grid end a call too, so that the trainer reports, and the
+        checkpoint holds, every token trained before it.
+        """
+        k = self.args.grad_accumulation_steps
+        report, save = self.args.steps_per_report, self.args.steps_per_save
+        ends = [stop]
+        if start % report:
+            grid = math.lcm(report, k)
+            ends.append((start // grid + 1) * grid)
+        if save % report:
+            ends.append((start // save + 1) * save)
+        return min(ends)
 
     def _stopped(self) -> TrainingStopped:
         checkpoint = self.checkpoint_dir / f"step_{self.iteration:09d}"
@@ -574,6 +712,20 @@ class TrainingRun:
         """Call when the trainer is known to have finished the iteration it was handed."""
         self._guarded(self._finish_iteration)
 
+    def before_next_batch(self) -> None:
+        """Call when the trainer asks for its next training batch, before drawing it.
+
+        Ends the iteration under way; a polite stop that is due leaves the trainer
+        here, before the data (and its random state) moves on.
+        """
+        self._guarded(self._finish_or_stop)
+
+    def _finish_or_stop(self) -> None:
+        self._finish_iteration()
+        if self.iteration == self._stop_at:
+            raise _Stop
+        self._maybe_stop_after(self.iteration + 1)
+
     def _finish_iteration(self) -> None:
         """Count the iteration whose step just ran, once, and checkpoint when due."""
         if self.iteration == self._pulled:
@@ -584,16 +736,34 @@ class TrainingRun:
         )
         if at_update:
             self.callback.on_step_end()
-        if self.iteration % self.args.steps_per_save == 0 or self.iteration == self._stop:
+        due = self.iteration % self.args.steps_per_save == 0 or self.iteration == self._stop
+        if due or (self.iteration == self._stop_at and self._saved_at != self.iteration):
             self.save_checkpoint()
-        if at_update and self.iteration != self._stop and self._signals is not None:
-            # Asked on every rank at every update, so that all ranks stop together.
-            signum = self._signals.agreed()
-            if signum is not None:
-                self._signals.requested = signum
-                if self._saved_at != self.iteration:
-                    self.save_checkpoint()
-                raise _Stop
+
+    def _maybe_stop_after(self, iteration: int) -> None:
+        """Before ``iteration``'s batch is drawn: where to stop, if a stop is asked for.
+
+        Asked on every rank at every iteration, so that all ranks stop together. The
+        run stops at an update boundary: right away if the trainer has just reported,
+        else at the end of ``iteration``'s accumulation group, with the trainer's call
+        shortened to end there, so that it reports what it ran.
+        """
+        if self._signals is None or self._stop_at is not None or iteration > self._stop:
+            return
+        signum = self._signals.agreed()
+        if signum is None:
+            return
+        self._signals.requested = signum
+        k, done = self.args.grad_accumulation_steps, iteration - 1
+        reported = (done - self._start_iteration) % self.args.steps_per_report == 0
+        if done % k == 0 and reported:
+            self._stop_at = done
+            if self._saved_at != done:
+                self.save_checkpoint()
+            raise _Stop
+        self._stop_at = min(math.ceil(iteration / k) * k, self._segment_stop)
+        if self._call_args is not None:
+            self._call_args.iters = self._stop_at - self._start_iteration
 
     def x(self, iteration: int) -> int:
         """The TensorBoard step of an iteration: the optimizer update it belongs to."""
@@ -648,27 +818,37 @@ class TrainingRun:
         """Where the run is: iteration, data position, and what must match on resume."""
         return {
             "format": self.format,
-            "version": 1,
+            "version": TRAINER_STATE_VERSION,
             "iteration": self.iteration,
             "iters": self.args.iters,
             "grad_accumulation_steps": self.args.grad_accumulation_steps,
             "batch_size": self.args.batch_size,
             "trained_tokens": self._last_trained_tokens,
             **self.data_state(),
-            "mx_random_seed": _mx_seed(self.iteration),
         }
+
+    def _random_keys(self) -> list:
+        """mlx's random key on every rank (one, where all ranks hold the same)."""
+        mine = mx_random_key()
+        world = mx.distributed.init()
+        if world.size() == 1 or self._failure is not None:  # after a failure, no collective
+            return [mine]
+        gathered = mx.distributed.all_gather(
+            mx.array([mine], dtype=mx.int64), group=world, stream=mx.cpu
+        ).tolist()
+        return [mine] if all(key == gathered[0] for key in gathered) else gathered
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current iteration; only rank 0 writes files."""
-        # mlx's random state cannot be read back (for LoRA dropout, say), so every
-        # run, resumed or not, reseeds it at each checkpoint from the iteration.
-        mx_seed = _mx_seed(self.iteration)
-        self._saved_at = self.iteration
+        keys = self._random_keys()  # on every rank: a collective
         if self.rank != 0:
-            mx.random.seed(mx_seed)
+            self._saved_at = self.iteration
             return None
         adapters = dict(tree_flatten(self.model.trainable_parameters()))
-        state = self.trainer_state()
+        state = {
+            **self.trainer_state(),
+            "mx_random_keys": keys,
+        }
         folder = write_checkpoint(
             self.checkpoint_dir,
             self.iteration,
@@ -679,7 +859,7 @@ class TrainingRun:
                 TRAINER_STATE: lambda p: p.write_text(json.dumps(state)),
             },
         )
-        mx.random.seed(mx_seed)
+        self._saved_at = self.iteration
         self._write_adapter_files(folder)
         prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         return folder
@@ -692,11 +872,3 @@ class TrainingRun:
         if self.iteration % self.args.steps_per_save == 0:
             numbered = adapter_file.parent / f"{self.iteration:07d}_adapters.safetensors"
             write_bytes_atomic(numbered, data)
-
-
-def local_args(args, iters: int):
-    """The trainer's own arguments for one ``train()`` call of ``iters`` iterations.
-
-    Saves are numbered by the global iteration here; the trainer would restart at 1.
-    """
-    return dataclasses.replace(args, iters=iters, steps_per_save=iters + 1)

@@ -192,7 +192,8 @@ def build_tiny_dataset(
 
     Each line is ``{"text": ...}``: one to three templated sentences (sums,
     counting, animals and colours), under 60 tokens with the tiny tokenizer.
-    The text depends only on ``seed`` and the sizes. Returns ``path``.
+    The text depends only on ``seed`` and the sizes; a file that already holds
+    it is left as it is (a refused command writes nothing). Returns ``path``.
     """
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     for name, n in sizes.items():
@@ -202,8 +203,10 @@ def build_tiny_dataset(
     path.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for name, n in sizes.items():
-        lines = (json.dumps({"text": _text(rng)}) + "\n" for _ in range(n))
-        (path / f"{name}.jsonl").write_text("".join(lines))
+        text = "".join(json.dumps({"text": _text(rng)}) + "\n" for _ in range(n))
+        file = path / f"{name}.jsonl"
+        if not file.is_file() or file.read_text() != text:
+            file.write_text(text)
     return path
 
 

@@ -6,7 +6,9 @@ path`` read under ``HF_HUB_OFFLINE=1`` (190,720 parameters: a 2-layer text model
 of width 64 and a 2-layer vision tower; each 56x56 image becomes 4 image tokens).
 ``build_tiny_vlm_dataset(path)`` writes ``train.jsonl`` and ``valid.jsonl`` rows
 ``{"messages": [user, assistant], "images": ["images/NAME.png"]}`` with random
-PNGs beside them. Both are deterministic: the same seed gives the same model and rows.
+PNGs beside them; ``build_tiny_vlm_grpo_dataset(path)`` writes prompt-only rows
+``{"prompt", "answer", "images"}`` for mlx-vlm's GRPO, and a reward file. All are
+deterministic: the same seed gives the same model and rows.
 
 Needs mlx-vlm (``pip install "mlx-sched-callbacks[vlm]"``).
 """
@@ -21,7 +23,7 @@ from mlx.utils import tree_flatten
 
 from .tiny import _text, _train_tokenizer
 
-__all__ = ["build_tiny_vlm", "build_tiny_vlm_dataset"]
+__all__ = ["build_tiny_vlm", "build_tiny_vlm_dataset", "build_tiny_vlm_grpo_dataset"]
 
 SPECIAL_TOKENS = [
     "<|im_start|>",
@@ -149,4 +151,43 @@ def build_tiny_vlm_dataset(path, n_train: int = 24, n_valid: int = 8, seed: int 
                 }
             )
         (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# A reward for GRPO on a random model: it depends on the completion's text, so the
+# completions of a group differ in reward and the advantages (and gradients) are not 0.
+GRPO_REWARDS = """\
+def char_reward(*, completions, **kwargs):
+    return [sum(map(ord, completion)) % 97 / 97.0 for completion in completions]
+"""
+
+
+def build_tiny_vlm_grpo_dataset(path, n_train: int = 16, n_valid: int = 4, seed: int = 0) -> Path:
+    """Write GRPO rows ``{"prompt", "answer", "images"}`` and ``rewards.py`` to ``path``.
+
+    ``train.jsonl`` and ``valid.jsonl`` hold one random image and an arithmetic
+    question each; ``rewards.py`` defines ``char_reward`` for ``python -m
+    mlx_vlm.train --train-mode grpo --reward-functions-file path/rewards.py
+    --reward-functions char_reward`` (the default ``accuracy_reward`` is 0 for
+    every completion of a random model: no gradient).
+    """
+    from PIL import Image
+
+    for name, n in (("n_train", n_train), ("n_valid", n_valid)):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {n!r}.")
+    path = Path(path)
+    (path / "images").mkdir(parents=True, exist_ok=True)
+    text_rng, pixel_rng = random.Random(seed), np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        rows = []
+        for i in range(n):
+            image = f"images/{split}{i}.png"
+            pixels = pixel_rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path / image)
+            a, b = text_rng.randint(1, 9), text_rng.randint(1, 9)
+            rows.append({"prompt": f"what is {a} plus {b}?", "answer": str(a + b),
+                         "images": [image]})  # fmt: skip
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "rewards.py").write_text(GRPO_REWARDS)
     return path

@@ -5,9 +5,10 @@ mlx-vlm's engine pulls exactly one batch per iteration from its task's
 function (the per-step hook) and is the ``TrainingCallback`` that receives the
 engine's reports. With a seed, the engine's batch order comes from its own
 ``numpy.random.default_rng(seed)`` and nothing else, so the data position is the
-seed and the number of batches drawn, replayed on resume by drawing and skipping
-them. Everything else (counting, checkpoints, resume, stops) is
-:class:`~.run.TrainingRun`. ``mlx-sched vlm`` (:func:`main`) is
+seed and the number of batches drawn, replayed on resume by skipping that many
+batches of indices before the task turns indices into a batch (for GRPO, a
+rollout): a skipped batch costs no model call. Everything else (counting,
+checkpoints, resume, stops) is :class:`~.run.TrainingRun`. ``mlx-sched vlm`` (:func:`main`) is
 ``python -m mlx_vlm.train`` with training handed to it.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx_vlm.train as mlx_vlm_cli
 from mlx_vlm.trainer.common import engine
+from mlx_vlm.trainer.common import utils as engine_utils
 from mlx_vlm.trainer.common.callbacks import TrainingCallback
 from mlx_vlm.trainer.common.utils import save_json
 
@@ -34,7 +36,7 @@ from .cli_run import (
     schedule_from_config,
     start_training,
 )
-from .run import MLX_LM_REPORT_TAGS, TrainingRun, replaced
+from .run import MLX_LM_REPORT_TAGS, TrainingRun, global_progress, replaced
 
 __all__ = ["MlxVlmTraining", "main"]
 
@@ -87,6 +89,7 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
             iters=args.iters,
             batch_size=args.batch_size,
             grad_accumulation_steps=args.gradient_accumulation_steps,
+            steps_per_report=args.steps_per_report,
             steps_per_save=args.steps_per_save,
             steps_per_eval=args.steps_per_eval or 1,
             val_batches=args.val_batches,
@@ -107,17 +110,15 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
 
     def run_trainer(self, iters: int) -> None:
         if self.iteration == 0:
-            mx.random.seed(self.seed)  # as the engine does (LoRA dropout); resume() reseeds
+            mx.random.seed(self.seed)  # as the engine does (LoRA dropout); resume() restores
         adapter_config = getattr(self.model, "_vlm_adapter_config", None)
         if adapter_config is not None and self.rank == 0:
             # The engine writes it only with its own saves, which a stopped run never reaches.
             save_json(adapter_config, Path(self.args.adapter_file).parent / "adapter_config.json")
         # Saves and validation happen in the hook, on the global count.
-        args = dataclasses.replace(
-            self.engine_args, iters=iters, steps_per_save=iters + 1, steps_per_eval=None
-        )
+        args = self.call_args(self.engine_args, iters, steps_per_eval=None)
         task = dataclasses.replace(self.task, batches=self.batches)
-        with _global_console(self):
+        with _global_console(self), global_progress(self, engine):
             engine_train(self.model, self.optimizer, self.train_dataset, None, args, task, self)
 
     def batches(self, dataset, train=False, seed=None):
@@ -128,12 +129,16 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
         # The engine is given seed=None (it would reseed mlx's random state on a
         # resume); the data stream gets the run's seed, and skips what was drawn.
         stream = iter(self.task.batches(dataset, train=True, seed=self.seed))
-        for _ in range(self.iteration):
-            next(stream)
-        for batch in stream:
+        with _skipping_indices(self.iteration) as skipped:
+            batch = next(stream)  # the task asks for its indices here
+        if not skipped:  # a task of its own making: draw and drop, at its cost
+            for _ in range(self.iteration):
+                batch = next(stream)
+        while True:
             self.begin_iteration()
             yield batch
-            self.end_iteration()
+            self.before_next_batch()
+            batch = next(stream)
 
     def data_state(self) -> dict:
         return {"data_seed": self.seed}
@@ -159,6 +164,39 @@ class MlxVlmTraining(TrainingRun, TrainingCallback):
         self.end_iteration()
         if self.next_callback is not None:
             self.next_callback.on_train_loss_report(info)
+
+
+@contextmanager
+def _skipping_indices(count: int):
+    """mlx-vlm's index stream, ``count`` batches on: a resume skips them before any work.
+
+    Every mlx-vlm task draws its order from ``iterate_batch_indices`` and turns each
+    batch of indices into a batch (collation; GRPO also generates a rollout). While
+    the block runs, the function skips ``count`` batches of indices in every module
+    that imported it. Yields a list that holds True once a task called it.
+    """
+    original = engine_utils.iterate_batch_indices
+    called = []
+
+    def skipping(*args, **kwargs):
+        indices = original(*args, **kwargs)
+        for _ in range(count):
+            next(indices)
+        called.append(True)
+        return indices
+
+    owners = [
+        module
+        for module in list(sys.modules.values())
+        if getattr(module, "iterate_batch_indices", None) is original
+    ]
+    for module in owners:
+        module.iterate_batch_indices = skipping
+    try:
+        yield called
+    finally:
+        for module in owners:
+            module.iterate_batch_indices = original
 
 
 @contextmanager

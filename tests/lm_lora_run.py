@@ -6,10 +6,16 @@
 
 ``ours`` prints "iteration N" after each of the trainer's reports (global numbering,
 through the chained callback mlx_lm_lora.train.run hands on), so a test can kill it there.
+``ours --stop-at N --stop-with TERM|INT|KILL FLAG...`` makes the run send itself that
+signal at iteration N (see :func:`stop_at`); the two flags are not passed on.
+``--forget-random-key`` (a control for tests) makes a resume leave mlx's random key as
+the new process has it instead of restoring the checkpoint's.
 """
 
 import json
+import os
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +83,69 @@ def flags(root: Path, mode: str, out: Path, iters: int, **options) -> list[str]:
     return out_flags
 
 
+def forget_random_key(argv: list[str]) -> list[str]:
+    """``argv`` without ``--forget-random-key``; with it, a resume does not restore mlx's key.
+
+    A control: a comparison that cannot tell this run from an exact one proves nothing.
+    """
+    if "--forget-random-key" not in argv:
+        return argv
+    from mlx_sched_callbacks.run import TrainingRun
+
+    assert hasattr(TrainingRun, "_restore_random"), "the control needs updating"
+    TrainingRun._restore_random = lambda self, state: None
+    return [a for a in argv if a != "--forget-random-key"]
+
+
+def stop_at(argv: list[str]) -> list[str]:
+    """``argv`` without ``--stop-at N --stop-with SIG``; with them, the run stops itself at N.
+
+    The signal is sent once, when the run is about to hand iteration N's batch to the
+    trainer: a polite one (TERM, INT) when the trainer asks for that batch, before it is
+    drawn (or, at the first batch of a trainer call, right after it is drawn); KILL just
+    after iteration N - 1 has been counted (and checkpointed, if that was due). Either
+    way iterations 1..N-1 have run and N has not.
+    """
+    if "--stop-at" not in argv:
+        return argv
+    argv = list(argv)
+    i = argv.index("--stop-at")
+    at = int(argv.pop(i + 1))
+    argv.pop(i)
+    how = "TERM"
+    if "--stop-with" in argv:
+        i = argv.index("--stop-with")
+        how = argv.pop(i + 1)
+        argv.pop(i)
+    signum = getattr(signal, f"SIG{how}")
+
+    from mlx_sched_callbacks.run import TrainingRun
+
+    sent = []
+
+    def send(run):
+        if not sent and run._pulled + 1 == at:
+            sent.append(how)
+            print(f"sending SIG{how} before iteration {at}", flush=True)
+            os.kill(os.getpid(), signum)
+
+    ask, begin = TrainingRun.before_next_batch, TrainingRun.begin_iteration
+
+    def before_next_batch(self):
+        if how != "KILL":
+            send(self)
+        ask(self)
+        send(self)
+
+    def begin_iteration(self):
+        send(self)
+        begin(self)
+
+    TrainingRun.before_next_batch = before_next_batch
+    TrainingRun.begin_iteration = begin_iteration
+    return argv
+
+
 class PrintIterations(TrainingCallback):
     def on_train_loss_report(self, info):
         print(f"iteration {info['iteration']}", flush=True)
@@ -102,6 +171,7 @@ def main() -> None:
         return
     from mlx_sched_callbacks.lm_lora import main as lm_lora_main
 
+    argv = forget_random_key(stop_at(argv))
     run = lora_train.run
     lora_train.run = lambda args, training_callback=None: run(args, PrintIterations())
     lm_lora_main(argv)

@@ -1,11 +1,14 @@
 """A LoRA run through mlx-lm's real train() with MlxLmTraining, for subprocess tests.
 
-Prints "iteration N" after each of mlx-lm's reports (steps_per_report=1), so a
-test can SIGKILL it at a chosen iteration.
+Prints "iteration N" after each of mlx-lm's reports (steps_per_report=1 by default), so
+a test can SIGKILL it at a chosen iteration. ``--stop-at N --stop-with SIG`` sends the
+process SIG itself when the trainer asks for the batch of iteration N (after N - 1).
 """
 
 import argparse
 import json
+import os
+import signal
 from pathlib import Path
 
 import mlx.core as mx
@@ -36,7 +39,7 @@ class PrintIterations(TrainingCallback):
 
 def build(
     model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_steps=1,
-    schedule=SCHEDULE, steps_per_eval=25,
+    schedule=SCHEDULE, steps_per_eval=25, dropout=0.0, steps_per_report=1,
 ):  # fmt: skip
     model, tokenizer = load_tiny(model_dir)
     np.random.seed(0)
@@ -46,10 +49,11 @@ def build(
     )
     train_set, valid_set, _ = load_dataset(data, tokenizer)
     model.freeze()
-    linear_to_lora_layers(model, 2, {"rank": 8, "dropout": 0.0, "scale": 20.0})
+    linear_to_lora_layers(model, 2, {"rank": 8, "dropout": dropout, "scale": 20.0})
     optimizer = optim.Adam(learning_rate=0.0)
     training_args = TrainingArgs(
-        batch_size=4, iters=iters, val_batches=2, steps_per_report=1, steps_per_eval=steps_per_eval,
+        batch_size=4, iters=iters, val_batches=2, steps_per_report=steps_per_report,
+        steps_per_eval=steps_per_eval,
         steps_per_save=save_every, adapter_file=Path(out) / "adapters.safetensors",
         grad_accumulation_steps=grad_accumulation_steps,
     )  # fmt: skip
@@ -70,12 +74,26 @@ def main():
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--save-every", type=int, default=20)
     parser.add_argument("--grad-accumulation-steps", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--steps-per-report", type=int, default=1)
+    parser.add_argument("--stop-at", type=int, default=None)
+    parser.add_argument("--stop-with", choices=["TERM", "INT", "KILL"], default="TERM")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     training, printer = build(
         args.model, args.data, args.out, args.iters, args.save_every,
-        args.grad_accumulation_steps,
+        args.grad_accumulation_steps, dropout=args.dropout,
+        steps_per_report=args.steps_per_report,
     )  # fmt: skip
+    if args.stop_at is not None:
+        ask = training.before_next_batch
+
+        def before_next_batch():
+            if training._pulled + 1 == args.stop_at:
+                os.kill(os.getpid(), getattr(signal, f"SIG{args.stop_with}"))
+            ask()
+
+        training.before_next_batch = before_next_batch
     if args.resume:
         print(f"resumed at {training.resume()}", flush=True)
     training.train()

@@ -315,23 +315,23 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_iteration(whole, tiny,
     whole_out, whole_results, whole_ranks = whole
     out = tmp_path / "out"
 
-    # Rank 1, which writes nothing, gets SIGTERM after iteration 14: both ranks stop at
-    # the next update boundary, 15, and rank 0 writes a checkpoint there.
+    # Rank 1, which writes nothing, gets SIGTERM after iteration 14: both ranks stop before
+    # the next batch is drawn, at 14 (just reported), and rank 0 writes a checkpoint there.
     stopped = Launch(tiny, out, tmp_path / "stopped", "--term-rank", "1", "--term-at", "14")
     assert stopped.result(0) is None and stopped.result(1) is None, stopped.report()
     for r in range(RANKS):
         done = [line for line in stopped.log(r).splitlines() if line.startswith("iteration ")]
         assert done[-1] == "iteration 14", stopped.report()
     said = [line for line in stopped.log(0).splitlines() if line.startswith("Stopped by")]
-    assert len(said) == 1 and "SIGTERM after iteration 15" in said[0], stopped.report()
+    assert len(said) == 1 and "SIGTERM after iteration 14" in said[0], stopped.report()
     assert "Stopped by" not in stopped.log(1)  # only rank 0 speaks
-    assert checkpoint_folders(out) == ["step_000000010", "step_000000015"]
+    assert checkpoint_folders(out) == ["step_000000010", "step_000000014"]
 
     last_results = tmp_path / "last"
     last = Launch(tiny, out, last_results, "--resume").ok()
     for r, result in enumerate(last):
-        assert result["resumed"] == 15
-        assert result["reports"] == whole_ranks[r]["reports"][15:]
+        assert result["resumed"] == 14
+        assert result["reports"] == whole_ranks[r]["reports"][14:]
         assert_bitwise_equal(
             last_results / f"rank{r}.safetensors", whole_results / "rank0.safetensors"
         )

@@ -157,7 +157,8 @@ def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(runs):
     stopped = re.search(r"Stopped by SIGTERM after iteration (\d+) \(checkpoint (\S+)\)", out)
     assert stopped, out[-3000:]
     at = int(stopped[1])
-    assert at % SAVE_EVERY and Path(stopped[2]).name == f"step_{at:09d}"
+    # At once after a report: stops between checkpoints are tested in test_exact_trainers.py.
+    assert at in (4, 6) and Path(stopped[2]).name == f"step_{at:09d}"
     assert "Continue with: mlx-sched lm-lora" in out and "--resume" in out
     assert f"Resuming at iteration {at}" in ok(results, "resumed-termed")
     whole, termed = root / "whole-sft-2", root / "termed"

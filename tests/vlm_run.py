@@ -2,12 +2,19 @@
 
 Reports once per optimizer update (steps_per_report = k); ``--kill-at N`` SIGKILLs the
 process at its report of iteration N.
+
+    python vlm_run.py cli [--stop-at N --stop-with TERM|INT|KILL] FLAG...
+
+is ``mlx-sched vlm FLAG...`` with a chained callback that prints "iteration N" after each
+report (global numbering); ``--stop-at``/``--stop-with`` make the run signal itself at
+iteration N (see ``lm_lora_run.stop_at``); ``--forget-random-key`` as there.
 """
 
 import argparse
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -59,7 +66,25 @@ def build(model_dir, data_dir, out, iters=9, save_every=4, k=2, kill_at=None):
     return training, printer
 
 
+def cli(argv):
+    """``mlx-sched vlm argv`` with reports printed, and a stop at an iteration if asked."""
+    import mlx_vlm.train as mlx_vlm_cli
+    from lm_lora_run import forget_random_key, stop_at
+
+    from mlx_sched_callbacks.vlm import main as vlm_main
+
+    argv = forget_random_key(stop_at(argv))
+    run = mlx_vlm_cli.run
+    mlx_vlm_cli.run = lambda args, settings, training_callback=None: run(
+        args, settings, PrintIterations()
+    )
+    vlm_main(argv)
+
+
 def main():
+    if sys.argv[1:2] == ["cli"]:
+        cli(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
