@@ -125,8 +125,8 @@ def build_tiny_vlm(path, seed: int = 0) -> Path:
     return path
 
 
-def build_tiny_vlm_dataset(path, n_train: int = 24, n_valid: int = 8, seed: int = 0) -> Path:
-    """Write ``train.jsonl`` and ``valid.jsonl`` (one random image per row) to ``path``."""
+def _write_image_rows(path, n_train: int, n_valid: int, seed: int, row) -> Path:
+    """``train.jsonl`` and ``valid.jsonl`` of ``row(text_rng, image)``, one random image each."""
     from PIL import Image
 
     for name, n in (("n_train", n_train), ("n_valid", n_valid)):
@@ -141,17 +141,22 @@ def build_tiny_vlm_dataset(path, n_train: int = 24, n_valid: int = 8, seed: int 
             image = f"images/{split}{i}.png"
             pixels = pixel_rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(path / image)
-            rows.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": "what is this?"},
-                        {"role": "assistant", "content": _text(text_rng)},
-                    ],
-                    "images": [image],
-                }
-            )
+            rows.append(row(text_rng, image))
         (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def build_tiny_vlm_dataset(path, n_train: int = 24, n_valid: int = 8, seed: int = 0) -> Path:
+    """Write ``train.jsonl`` and ``valid.jsonl`` (one random image per row) to ``path``."""
+
+    def row(text_rng, image):
+        messages = [
+            {"role": "user", "content": "what is this?"},
+            {"role": "assistant", "content": _text(text_rng)},
+        ]
+        return {"messages": messages, "images": [image]}
+
+    return _write_image_rows(path, n_train, n_valid, seed, row)
 
 
 # A reward for GRPO on a random model: it depends on the completion's text, so the
@@ -171,23 +176,11 @@ def build_tiny_vlm_grpo_dataset(path, n_train: int = 16, n_valid: int = 4, seed:
     --reward-functions char_reward`` (the default ``accuracy_reward`` is 0 for
     every completion of a random model: no gradient).
     """
-    from PIL import Image
 
-    for name, n in (("n_train", n_train), ("n_valid", n_valid)):
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {n!r}.")
-    path = Path(path)
-    (path / "images").mkdir(parents=True, exist_ok=True)
-    text_rng, pixel_rng = random.Random(seed), np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        rows = []
-        for i in range(n):
-            image = f"images/{split}{i}.png"
-            pixels = pixel_rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(path / image)
-            a, b = text_rng.randint(1, 9), text_rng.randint(1, 9)
-            rows.append({"prompt": f"what is {a} plus {b}?", "answer": str(a + b),
-                         "images": [image]})  # fmt: skip
-        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def row(text_rng, image):
+        a, b = text_rng.randint(1, 9), text_rng.randint(1, 9)
+        return {"prompt": f"what is {a} plus {b}?", "answer": str(a + b), "images": [image]}
+
+    path = _write_image_rows(path, n_train, n_valid, seed, row)
     (path / "rewards.py").write_text(GRPO_REWARDS)
     return path
