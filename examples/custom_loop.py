@@ -21,7 +21,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_sched_callbacks import LRScheduleCallback, schedules
-from mlx_sched_callbacks.checkpoint import (
+from mlx_sched_callbacks.run.checkpoint import (
     latest_checkpoint,
     load_optimizer_state,
     prune_checkpoints,

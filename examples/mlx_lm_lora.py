@@ -23,8 +23,8 @@ from mlx_lm.tuner.trainer import TrainingArgs
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_sched_callbacks import schedules
-from mlx_sched_callbacks.lm import MlxLmTraining
 from mlx_sched_callbacks.tiny import build_tiny_dataset, build_tiny_model
+from mlx_sched_callbacks.trainers.mlx_lm import MlxLmTraining
 
 
 def build(args):

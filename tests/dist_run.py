@@ -75,9 +75,9 @@ from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lm_run import SCHEDULE  # noqa: E402
 
-from mlx_sched_callbacks.checkpoint import save_optimizer_state  # noqa: E402
-from mlx_sched_callbacks.lm import MlxLmTraining  # noqa: E402
+from mlx_sched_callbacks.run.checkpoint import save_optimizer_state  # noqa: E402
 from mlx_sched_callbacks.tiny import load_tiny  # noqa: E402
+from mlx_sched_callbacks.trainers.mlx_lm import MlxLmTraining  # noqa: E402
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _PATH_EVENTS = {

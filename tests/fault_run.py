@@ -38,9 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-from mlx_sched_callbacks import checkpoint as checkpoint_module
 from mlx_sched_callbacks.callback import DEFAULT_TAG, LRScheduleCallback
 from mlx_sched_callbacks.events import EventWriter
+from mlx_sched_callbacks.run import checkpoint as checkpoint_module
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "custom_loop.py"
@@ -177,8 +177,10 @@ def _wrap_common(program) -> None:
     if hasattr(program, "latest_checkpoint"):
         program.latest_checkpoint = _wrap_latest_checkpoint(program.latest_checkpoint)
     else:  # the library's TrainingRun
-        found = program.TrainingRun._latest_sound_checkpoint
-        program.TrainingRun._latest_sound_checkpoint = _wrap_latest_sound_checkpoint(found)
+        from mlx_sched_callbacks.run.resume import Resume
+
+        found = Resume._latest_sound_checkpoint
+        Resume._latest_sound_checkpoint = _wrap_latest_sound_checkpoint(found)
 
 
 def run_custom(argv) -> None:
@@ -193,10 +195,10 @@ def run_lm(argv) -> None:
     sys.path.insert(0, str(HERE))
     import lm_run
 
-    from mlx_sched_callbacks import run
+    from mlx_sched_callbacks.run import saving
 
-    _wrap_common(run)
-    run.write_bytes_atomic = _wrap_write_bytes_atomic(run.write_bytes_atomic)
+    _wrap_common(saving)
+    saving.write_bytes_atomic = _wrap_write_bytes_atomic(saving.write_bytes_atomic)
     sys.argv = [str(HERE / "lm_run.py"), *argv]
     lm_run.main()
 

@@ -161,7 +161,7 @@ def main() -> None:
     if command == "theirs":
         import mlx.core as mx
 
-        from mlx_sched_callbacks.lm_lora import metal_key_for_cpu
+        from mlx_sched_callbacks.trainers.mlx_lm_lora import metal_key_for_cpu
 
         # Its LoRA layers are made before it seeds mlx: start from the seed, as ours does.
         mx.random.seed(int(argv[argv.index("--seed") + 1]))
@@ -169,7 +169,7 @@ def main() -> None:
         with metal_key_for_cpu():
             lora_train.main()
         return
-    from mlx_sched_callbacks.lm_lora import main as lm_lora_main
+    from mlx_sched_callbacks.cli.lm_lora import main as lm_lora_main
 
     argv = forget_random_key(stop_at(argv))
     run = lora_train.run

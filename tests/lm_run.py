@@ -20,8 +20,8 @@ from mlx_lm.tuner.trainer import TrainingArgs
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_sched_callbacks import schedules
-from mlx_sched_callbacks.lm import MlxLmTraining
 from mlx_sched_callbacks.tiny import load_tiny
+from mlx_sched_callbacks.trainers.mlx_lm import MlxLmTraining
 
 SCHEDULE = schedules.from_mlx_lm_config(
     {"name": "cosine_decay", "arguments": [2e-3, 50, 1e-5], "warmup": 10}

@@ -21,10 +21,11 @@ import mlx.optimizers as optim
 import numpy as np
 import pytest
 
-from mlx_sched_callbacks import checkpoint, schedules
+from mlx_sched_callbacks import schedules
 from mlx_sched_callbacks._files import read_json, write_bytes_atomic, write_json_atomic
 from mlx_sched_callbacks.callback import LRScheduleCallback
-from mlx_sched_callbacks.checkpoint import (
+from mlx_sched_callbacks.run import checkpoint
+from mlx_sched_callbacks.run.checkpoint import (
     MANIFEST,
     checkpoint_name,
     checkpoint_problem,

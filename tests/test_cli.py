@@ -15,6 +15,7 @@ import yaml
 from conftest import read_scalars, served_scalars
 
 from mlx_sched_callbacks import cli, schedules
+from mlx_sched_callbacks.cli import lora as cli_lora
 from mlx_sched_callbacks.tiny import build_tiny_dataset, build_tiny_model
 
 BIN = Path(sys.executable).parent
@@ -322,7 +323,7 @@ def test_library_input_errors_are_one_line_and_bugs_keep_their_traceback(monkeyp
     def bad_schedule(argv):
         schedules.cosine_decay(0.1, 0)  # our library's ValueError for bad input
 
-    monkeypatch.setitem(cli.COMMANDS, "lora", bad_schedule)
+    monkeypatch.setattr(cli_lora, "main", bad_schedule)
     assert cli.main(["lora"]) == 2
     assert capsys.readouterr().err == (
         "mlx-sched lora: error: cosine_decay: decay_steps must be an integer in [1, 2**53], "
@@ -343,6 +344,6 @@ def test_library_input_errors_are_one_line_and_bugs_keep_their_traceback(monkeyp
         (numpy_surprise, ValueError),
         (a_type_error, TypeError),
     ):
-        monkeypatch.setitem(cli.COMMANDS, "lora", command)
+        monkeypatch.setattr(cli_lora, "main", command)
         with pytest.raises(error):
             cli.main(["lora"])

@@ -32,7 +32,7 @@ from mlx.utils import tree_flatten
 from test_bad_checkpoints import small_filesystem  # noqa: F401 - a fixture
 from test_lm import tiny  # noqa: F401 - a fixture
 
-from mlx_sched_callbacks.checkpoint import load_optimizer_state, save_optimizer_state
+from mlx_sched_callbacks.run.checkpoint import load_optimizer_state, save_optimizer_state
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -200,7 +200,7 @@ def lm_lora(tmp_path_factory):
 
 
 def vlm_trainer(root: Path) -> Trainer:
-    from mlx_sched_callbacks.tiny_vlm import (
+    from mlx_sched_callbacks.tiny import (
         build_tiny_vlm,
         build_tiny_vlm_dataset,
         build_tiny_vlm_grpo_dataset,
@@ -462,9 +462,9 @@ def misaligned(case) -> bool:
 
 
 MISALIGNED = (
-    "core: a polite stop ends at the group under way (run.py _maybe_stop_after), e.g. at 8 "
+    "core: a polite stop ends at the group under way (run/stops.py), e.g. at 8 "
     "with k=2, steps_per_report=3; the resumed trainer call runs to the next lcm(3, 2) point "
-    "(run.py _segment_end), 12, and reports at 11 and 12 where the uninterrupted run reports "
+    "(run/training.py), 12, and reports at 11 and 12 where the uninterrupted run reports "
     "at 9 and 12: the report at 9 and the loss of the window 10..12 are lost, trained_tokens "
     "lacks the point at 9"
 )

@@ -7,7 +7,7 @@ import pytest
 
 from mlx_sched_callbacks import LRScheduleCallback
 from mlx_sched_callbacks import schedules as S
-from mlx_sched_callbacks.callback import _CACHE_STEPS
+from mlx_sched_callbacks.callback.core import _CACHE_STEPS
 
 SCHEDULES = [
     S.constant(0.5),

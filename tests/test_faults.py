@@ -42,7 +42,7 @@ import pytest
 from conftest import read_scalars
 
 from mlx_sched_callbacks import LRScheduleCallback, schedules
-from mlx_sched_callbacks.checkpoint import (
+from mlx_sched_callbacks.run.checkpoint import (
     checkpoint_name,
     checkpoint_problem,
     latest_checkpoint,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import read_scalars
 
-from mlx_sched_callbacks.cli_run import schedule_from_config
+from mlx_sched_callbacks.cli.run_options import schedule_from_config
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

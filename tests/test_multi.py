@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 
 from mlx_sched_callbacks import LRScheduleCallback
 from mlx_sched_callbacks import schedules as S
-from mlx_sched_callbacks.checkpoint import load_optimizer_state, save_optimizer_state
+from mlx_sched_callbacks.run.checkpoint import load_optimizer_state, save_optimizer_state
 
 SCHEDULES = {
     "weights": S.warmup_cosine(1e-2, 5, 30),

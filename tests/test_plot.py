@@ -12,11 +12,11 @@ from conftest import read_scalars
 
 from mlx_sched_callbacks import LRScheduleCallback
 from mlx_sched_callbacks import schedules as S
+from mlx_sched_callbacks.cli.plot import main as plot_main
 from mlx_sched_callbacks.plot import (
     MATPLOTLIB_MISSING,
     natural_length,
     phase_boundaries,
-    plot_main,
     plot_schedule,
     schedule_table,
     write_tensorboard_plan,
@@ -91,7 +91,7 @@ def test_mlx_lm_config_in_a_subprocess_png_table_and_tensorboard_plan(tmp_path):
     config = tmp_path / "lora.yaml"
     config.write_text(MLX_LM_CONFIG)
     plan = tmp_path / "runs" / "exp1_plan"
-    code = "import sys; from mlx_sched_callbacks.plot import plot_main; plot_main(sys.argv[1:])"
+    code = "import sys; from mlx_sched_callbacks.cli.plot import main; main(sys.argv[1:])"
     result = subprocess.run(
         [sys.executable, "-c", code, "--config", str(config), "--tensorboard", str(plan)],
         cwd=tmp_path,

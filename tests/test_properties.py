@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from mlx_sched_callbacks import schedules as S
+from mlx_sched_callbacks.schedules import config
 
 MAX_STEP = 2**53
 U32 = 2.0**-24  # float32 unit roundoff: |fl32(x) - x| <= U32 * |x| for normal x
@@ -969,8 +970,8 @@ def at_path(spec, path):
     return spec
 
 
-REQUIRED = {cls.name: S._constructor_fields(cls)[0] for cls in S._KINDS.values()}
-ALLOWED = {cls.name: list(cls._fields) for cls in S._KINDS.values()}
+REQUIRED = {cls.name: config._constructor_fields(cls)[0] for cls in config._KINDS.values()}
+ALLOWED = {cls.name: list(cls._fields) for cls in config._KINDS.values()}
 DEFAULTS = {
     "end": 0.0,
     "power": 1.0,
@@ -1017,7 +1018,7 @@ def test_from_dict_refuses_damaged_specs_naming_the_field(schedule, data):
     elif fault == "name":
         node["name"] = data.draw(
             st.one_of(st.text(max_size=20), st.integers(), st.none(), st.floats()).filter(
-                lambda n: n not in S._KINDS
+                lambda n: n not in config._KINDS
             )
         )
         expected = ["name"]
@@ -1043,7 +1044,7 @@ def test_from_dict_refuses_bad_values_naming_the_field(schedule, data):
         field = "boundaries" if node["boundaries"] else "schedules"
         node[field] = data.draw(st.one_of(st.none(), st.text(), st.integers(), st.floats()))
     else:
-        cls = S._KINDS[node["name"]]
+        cls = config._KINDS[node["name"]]
         field = data.draw(st.sampled_from(cls._fields))
         node[field] = data.draw(BAD[SIGNATURES[cls][field]])
     with pytest.raises(ValueError) as info:
@@ -1081,7 +1082,7 @@ def test_from_mlx_lm_config_refuses_wrong_argument_counts(name, count):
 @PROPERTY
 @given(schedule=schedules(LR, depth=2), name=st.one_of(st.text(), st.integers(), st.none()))
 def test_from_dict_refuses_unknown_names_and_non_dicts(schedule, name):
-    assume(name not in S._KINDS)
+    assume(name not in config._KINDS)
     with pytest.raises(ValueError, match="name"):
         S.from_dict({**schedule.to_dict(), "name": name})
     for not_a_dict in (schedule, schedule.to_dict().items(), json.dumps(schedule.to_dict())):

@@ -101,7 +101,7 @@ def test_load_optimizer_state_on_a_lora_model_in_a_compiled_custom_loop(tmp_path
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from mlx_sched_callbacks.checkpoint import load_optimizer_state, save_optimizer_state
+    from mlx_sched_callbacks.run.checkpoint import load_optimizer_state, save_optimizer_state
     from mlx_sched_callbacks.tiny import load_tiny
 
     def lora_model():

@@ -164,7 +164,7 @@ def test_a_resumed_run_prints_global_iterations(tiny, tmp_path):  # noqa: F811
 
 
 def test_a_full_log_disk_stops_the_run_with_a_checkpoint(tiny, tmp_path, small_filesystem):  # noqa: F811
-    from mlx_sched_callbacks.checkpoint import checkpoint_problem
+    from mlx_sched_callbacks.run.checkpoint import checkpoint_problem
 
     log_disk = small_filesystem("size=16k")
     out = tmp_path / "run"

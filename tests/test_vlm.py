@@ -17,7 +17,7 @@ from conftest import read_scalars
 pytest.importorskip("mlx_vlm")
 
 from mlx_sched_callbacks import schedules  # noqa: E402
-from mlx_sched_callbacks.tiny_vlm import build_tiny_vlm, build_tiny_vlm_dataset  # noqa: E402
+from mlx_sched_callbacks.tiny import build_tiny_vlm, build_tiny_vlm_dataset  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VLM_RUN = HERE / "vlm_run.py"
@@ -104,7 +104,7 @@ CLI_FLAGS = [
 ]  # fmt: skip
 
 
-def cli(tiny, out, *extra, module="mlx_sched_callbacks.vlm"):
+def cli(tiny, out, *extra, module="mlx_sched_callbacks.cli.vlm"):
     model, data = tiny
     return [sys.executable, "-m", module, "--model", str(model), "--data", str(data),
             "--output-path", str(out), *CLI_FLAGS, *extra]  # fmt: skip
@@ -170,7 +170,8 @@ def test_cli_takes_lr_schedule_from_its_config_file(tiny, tmp_path):
         yaml.safe_dump({"model": str(model), "iters": 12, "lr_schedule": lr_schedule})
     )
     subprocess.run(
-        [sys.executable, "-m", "mlx_sched_callbacks.vlm", "-c", str(config), "--data", str(data),
+        [sys.executable, "-m", "mlx_sched_callbacks.cli.vlm", "-c", str(config),
+         "--data", str(data),
          "--batch-size", "2", "--gradient-accumulation-steps", "2", "--steps-per-save", "12",
          "--output-path", str(tmp_path / "out")],
         check=True, capture_output=True, env=ENV,

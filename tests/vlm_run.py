@@ -27,7 +27,7 @@ from mlx_vlm.trainer.datasets.loading import load as load_rows
 from mlx_vlm.trainer.vlm.config import VLMTrainingArgs
 
 from mlx_sched_callbacks import schedules
-from mlx_sched_callbacks.vlm import MlxVlmTraining
+from mlx_sched_callbacks.trainers.mlx_vlm import MlxVlmTraining
 
 SCHEDULE = schedules.from_mlx_lm_config(
     {"name": "cosine_decay", "arguments": [2e-3, 4, 1e-5], "warmup": 2}
@@ -71,7 +71,7 @@ def cli(argv):
     import mlx_vlm.train as mlx_vlm_cli
     from lm_lora_run import forget_random_key, stop_at
 
-    from mlx_sched_callbacks.vlm import main as vlm_main
+    from mlx_sched_callbacks.cli.vlm import main as vlm_main
 
     argv = forget_random_key(stop_at(argv))
     run = mlx_vlm_cli.run

@@ -30,7 +30,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from .._files import write_bytes_atomic, write_json_atomic
-from ..callback import _callable_rate_optimizers
+from ..callback.hyperparameters import _callable_rate_optimizers
 from ..events import EventWriter
 from ..stopping import DEFAULT_SIGNALS, StopSignals, signal_name
 from . import curve

@@ -9,7 +9,7 @@ Most trainers draw a fresh batch function each iteration and take its first batc
 so their data position is numpy's global state; grpo and klpo keep one generator,
 and their position is also where the epoch started and how far it is.
 Everything else (counting, validation, checkpoints, resume, stops) is
-:class:`~.run.TrainingRun`.
+:class:`~mlx_sched_callbacks.run.TrainingRun`.
 
 ``mlx-sched lm-lora`` is ``mlx_lm_lora.train`` with training handed to it.
 """
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .run import NumpyEpochs, TrainingRun, global_progress, replaced
+from ..run import TrainingRun
+from .common import NumpyEpochs, global_progress, replaced
 
-__all__ = ["MODES", "MlxLmLoraTraining", "main", "metal_key_for_cpu"]
+__all__ = ["MODES", "MlxLmLoraTraining", "metal_key_for_cpu"]
 
 WORKING_SET_KEY = "max_recommended_working_set_size"
 
@@ -317,75 +318,3 @@ def metal_key_for_cpu():
 
     with replaced(mx, "device_info", device_info):
         yield
-
-
-# -- mlx-sched lm-lora ---------------------------------------------------------------
-
-
-def parse_args(argv):
-    """Parse like ``mlx_lm_lora.train``: flags win over the --config YAML, then its defaults."""
-    from mlx_lm_lora import train as lora_train
-
-    from .cli import Parser, parse_like
-    from .cli_run import add_run_options
-
-    parser = lora_train.build_parser()
-    parser.__class__ = Parser  # one-line errors
-    parser.prog = "mlx-sched lm-lora"
-    parser.description = (
-        "mlx_lm_lora.train with a learning-rate schedule set before every step, TensorBoard "
-        "logs of every reported metric and exact resume. Takes every mlx_lm_lora.train flag "
-        "and --config YAML; lr_schedule may be mlx-lm's form or mlx_sched_callbacks' "
-        "to_dict() form."
-    )
-    add_run_options(parser)
-    return parse_like(
-        parser, argv, lora_train.CONFIG_DEFAULTS, "mlx_lm_lora.train", lora_train.yaml_loader
-    )
-
-
-def main(argv) -> None:
-    """``mlx-sched lm-lora``: ``mlx_lm_lora.train``'s pipeline unchanged, trained by us."""
-    from mlx_lm_lora import train as lora_train
-
-    from .cli import UserError
-    from .cli_run import (
-        hold_before_loading,
-        log_dir_for,
-        resume_command,
-        schedule_from_config,
-        start_training,
-    )
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    args = parse_args(argv)
-    if args.train_mode not in MODES:
-        raise UserError(
-            f"--train-mode {args.train_mode}: not hooked by mlx-sched (untested: its data "
-            f"checks reject our tiny test models); the modes are {', '.join(MODES)}; run "
-            f"{args.train_mode} with mlx_lm_lora.train."
-        )
-    try:
-        schedule = schedule_from_config(args.lr_schedule, args.learning_rate)
-    except ValueError as error:
-        raise UserError(f"lr_schedule: {error}") from error
-    args.lr_schedule = None  # mlx-lm-lora would build the optimizer with it; we own the rate
-    log_dir = log_dir_for(args.adapter_path, args.log_dir)
-    if args.train:
-        hold_before_loading(args.adapter_path, log_dir)
-    name = f"train_{args.train_mode}"
-    original = getattr(lora_train, name)
-
-    def train(**trainer_kwargs):
-        training = MlxLmLoraTraining(
-            args.train_mode, schedule, trainer_kwargs, trainer=original, log_dir=log_dir,
-            keep_checkpoints=args.keep_checkpoints, resume_command=resume_command(
-                ["lm-lora", *argv]),
-        )  # fmt: skip
-        start_training(training, args, log_dir)
-
-    # mlx_lm_lora.train seeds mlx only after the LoRA layers are made, so their initial
-    # weights differ from run to run; seeded here, a run can be repeated and compared.
-    mx.random.seed(args.seed)
-    with metal_key_for_cpu(), replaced(lora_train, name, train):
-        lora_train.run(args)

@@ -23,7 +23,7 @@ import google_crc32c
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ._files import check_regular, file_kind, fsync_directory, naming, open_regular, read_json
+from .._files import check_regular, file_kind, fsync_directory, naming, open_regular, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlx_sched_callbacks.checkpoint"

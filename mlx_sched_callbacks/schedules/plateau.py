@@ -24,8 +24,8 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from . import schedules
-from .schedules import Schedule, _check_int, _check_number, _check_positive_number
+from . import joins
+from .base import Schedule, _check_int, _check_number, _check_positive_number
 
 # torch's ReduceLROnPlateau default: a smaller cut of the rate is not made.
 DEFAULT_EPS = 1e-8
@@ -180,7 +180,7 @@ def stateful_phases(schedule: Schedule, offset: int = 0, path: str = ""):
     """Each ``(path, phase, first_step)`` of a schedule that keeps state, nested joins included."""
     if isinstance(schedule, reduce_on_plateau):
         yield path, schedule, offset
-    if isinstance(schedule, schedules.join_schedules):
+    if isinstance(schedule, joins.join_schedules):
         starts = [0, *schedule.boundaries]
         for i, (inner, start) in enumerate(zip(schedule.schedules, starts)):
             yield from stateful_phases(inner, offset + start, f"{path}.schedules[{i}]")

@@ -1,7 +1,7 @@
 """What every ``mlx-sched TRAINER`` command shares: its run options, and a run's start and end.
 
 A trainer command (``lora``, ``lm-lora``, ``vlm``) runs that trainer's own
-pipeline with training handed to a :class:`~.run.TrainingRun`; around it, the
+pipeline with training handed to a :class:`~mlx_sched_callbacks.run.TrainingRun`; around it, the
 same flags, the same hold on the run folder before the model loads, the same
 resume and the same last lines.
 """
@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .lock import check_writable, hold_run_folders
+from ..run.lock import check_writable, hold_run_folders
 
 
 def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH") -> None:
@@ -43,7 +43,7 @@ def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH
 
 def schedule_from_config(lr_schedule, learning_rate: float):
     """Our schedule for mlx-lm's ``lr_schedule`` (its own form or our ``to_dict`` form)."""
-    from . import schedules
+    from .. import schedules
 
     if not lr_schedule:
         return schedules.constant(learning_rate)

@@ -5,7 +5,8 @@ it is given: :class:`MlxLmTraining` wraps that function (the per-step hook) and 
 the ``TrainingCallback`` that receives mlx-lm's loss reports. Its data position is
 numpy's global random state at the start of the current epoch, the batches drawn
 since, and its state now: mlx-lm shuffles with numpy's global state.
-Everything else (counting, checkpoints, resume, stops) is :class:`~.run.TrainingRun`.
+Everything else (counting, checkpoints, resume, stops) is
+:class:`~mlx_sched_callbacks.run.TrainingRun`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
 
-from .run import MLX_LM_REPORT_TAGS, NumpyEpochs, TrainingRun, load_adapters_checked
+from ..run import MLX_LM_REPORT_TAGS, TrainingRun, load_adapters_checked
+from .common import NumpyEpochs
 
 __all__ = ["MlxLmTraining", "load_adapters_checked"]
 

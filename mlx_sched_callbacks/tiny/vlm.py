@@ -21,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .tiny import _text, _train_tokenizer
+from .lm import _text, _train_tokenizer
 
 __all__ = ["build_tiny_vlm", "build_tiny_vlm_dataset", "build_tiny_vlm_grpo_dataset"]
 

@@ -1,0 +1,76 @@
+"""``mlx-sched vlm``: ``python -m mlx_vlm.train``'s pipeline unchanged, training handed to
+:class:`~mlx_sched_callbacks.trainers.mlx_vlm.MlxVlmTraining`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlx_vlm.train as mlx_vlm_cli
+from mlx_vlm.trainer.common import engine
+
+from ..trainers.common import replaced
+from ..trainers.mlx_vlm import MlxVlmTraining
+from .run_options import (
+    add_run_options,
+    hold_before_loading,
+    log_dir_for,
+    resume_command,
+    schedule_from_config,
+    start_training,
+)
+
+
+def _parser_with_our_options(build_parser):
+    def build(*args, **kwargs):
+        parser = build_parser(*args, **kwargs)
+        parser.prog = "mlx-sched vlm"
+        parser.description = (
+            "python -m mlx_vlm.train with a learning-rate schedule set before every update, "
+            "TensorBoard logs and exact resume. Takes every mlx_vlm.train flag and --config "
+            "key; lr_schedule may be mlx-lm's form or mlx_sched_callbacks' to_dict() form."
+        )
+        add_run_options(parser, folder="OUTPUT_PATH")
+        parser.add_argument(
+            "--lr-schedule",
+            type=json.loads,
+            default=None,
+            help="the schedule as JSON (or lr_schedule: in --config), e.g. "
+            '\'{"name": "cosine_decay", "arguments": [1e-4, 1000], "warmup": 100}\' '
+            "(default: --learning-rate throughout)",
+        )
+        return parser
+
+    return build
+
+
+def main(argv=None) -> None:
+    """``mlx-sched vlm``: mlx-vlm's pipeline, training handed to :class:`MlxVlmTraining`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with replaced(mlx_vlm_cli, "build_parser", _parser_with_our_options(mlx_vlm_cli.build_parser)):
+        options, settings = mlx_vlm_cli.parse_args(argv)
+    try:
+        schedule = schedule_from_config(options.lr_schedule, options.learning_rate)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--lr-schedule {json.dumps(options.lr_schedule)}: {error}") from error
+    folder = Path(settings.adapter_file).parent
+    log_dir = log_dir_for(folder, options.log_dir)
+    hold_before_loading(folder, log_dir)
+
+    def train(model, optimizer, train_dataset, val_dataset, args, task, training_callback=None,
+              seed=None, *, log_history=None):  # fmt: skip
+        training = MlxVlmTraining(
+            model, optimizer, schedule, args, train_dataset, val_dataset, task=task, seed=seed,
+            log_dir=log_dir, keep_checkpoints=options.keep_checkpoints,
+            training_callback=training_callback, resume_command=resume_command(["vlm", *argv]),
+        )  # fmt: skip
+        start_training(training, options, log_dir)
+        return {}
+
+    with replaced(engine, "train", train):
+        mlx_vlm_cli.run(options, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Writing a run's checkpoints: adapters, optimizer, callback and trainer state, and the
+trainer's own adapter files beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .._files import write_bytes_atomic
+from .checkpoint import list_checkpoints, prune_checkpoints, save_optimizer_state, write_checkpoint
+from .state import TRAINER_STATE, TRAINER_STATE_VERSION, mx_random_key
+
+
+class Saving:
+    """Checkpoints of a :class:`TrainingRun`."""
+
+    def trainer_state(self) -> dict:
+        """Where the run is: iteration, data position, and what must match on resume."""
+        return {
+            "format": self.format,
+            "version": TRAINER_STATE_VERSION,
+            "iteration": self.iteration,
+            "iters": self.args.iters,
+            "grad_accumulation_steps": self.args.grad_accumulation_steps,
+            "batch_size": self.args.batch_size,
+            "trained_tokens": self._last_trained_tokens,
+            **self.data_state(),
+        }
+
+    def _random_keys(self) -> list:
+        """mlx's random key on every rank (one, where all ranks hold the same)."""
+        mine = mx_random_key()
+        world = mx.distributed.init()
+        if world.size() == 1 or self._failure is not None:  # after a failure, no collective
+            return [mine]
+        gathered = mx.distributed.all_gather(
+            mx.array([mine], dtype=mx.int64), group=world, stream=mx.cpu
+        ).tolist()
+        return [mine] if all(key == gathered[0] for key in gathered) else gathered
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current iteration; only rank 0 writes files."""
+        keys = self._random_keys()  # on every rank: a collective
+        if self.rank != 0:
+            self._saved_at = self.iteration
+            return None
+        adapters = dict(tree_flatten(self.model.trainable_parameters()))
+        state = {
+            **self.trainer_state(),
+            "mx_random_keys": keys,
+        }
+        folder = write_checkpoint(
+            self.checkpoint_dir,
+            self.iteration,
+            {
+                "adapters.safetensors": lambda p: mx.save_safetensors(str(p), adapters),
+                "optimizer.safetensors": lambda p: save_optimizer_state(self.optimizer, p),
+                "callback.json": self.callback.save,
+                TRAINER_STATE: lambda p: p.write_text(json.dumps(state)),
+            },
+        )
+        self._saved_at = self.iteration
+        self._write_adapter_files(folder)
+        prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
+        return folder
+
+    def _write_adapter_files(self, folder: Path) -> None:
+        """The trainer's own adapter files for ``folder``, numbered by the global iteration."""
+        adapter_file = Path(self.args.adapter_file)
+        data = (folder / "adapters.safetensors").read_bytes()
+        write_bytes_atomic(adapter_file, data)
+        if self.iteration % self.args.steps_per_save == 0:
+            numbered = adapter_file.parent / f"{self.iteration:07d}_adapters.safetensors"
+            write_bytes_atomic(numbered, data)
+
+    def _set_aside_later_checkpoints(self) -> None:
+        # Checkpoints past the point this run starts from belong to an earlier run
+        # (a fresh start in a used folder): left in place, a later resume would pick
+        # them up. Moved aside, not deleted.
+        later = [f for step, f in list_checkpoints(self.checkpoint_dir) if step > self.iteration]
+        if not later or self.rank != 0:
+            return
+        aside = self.checkpoint_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside.mkdir()
+        for folder in later:
+            os.replace(folder, aside / folder.name)
+        print(
+            f"Moved {len(later)} checkpoint(s) of an earlier run past iteration "
+            f"{self.iteration} to {aside}. Starting a fresh run; to continue the earlier one "
+            f"instead, stop this run, move them back into {self.checkpoint_dir} and resume "
+            "(--resume).",
+            flush=True,
+        )
