@@ -16,6 +16,7 @@ from .run_options import (
     hold_before_loading,
     log_dir_for,
     resume_command,
+    run_keywords,
     schedule_from_config,
     start_training,
 )
@@ -62,7 +63,7 @@ def main(argv) -> None:
     def train(**trainer_kwargs):
         training = MlxLmLoraTraining(
             args.train_mode, schedule, trainer_kwargs, trainer=original, log_dir=log_dir,
-            keep_checkpoints=args.keep_checkpoints, resume_command=resume_command(
+            **run_keywords(args), resume_command=resume_command(
                 ["lm-lora", *argv]),
         )  # fmt: skip
         start_training(training, args, log_dir)

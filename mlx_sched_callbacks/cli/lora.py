@@ -13,6 +13,7 @@ from .run_options import (
     hold_before_loading,
     log_dir_for,
     resume_command,
+    run_keywords,
     schedule_from_config,
 )
 
@@ -164,7 +165,7 @@ def run_lora(
             train_dataset,
             val_dataset,
             log_dir=log_dir,
-            keep_checkpoints=run_args.keep_checkpoints,
+            **run_keywords(run_args),
             training_callback=_chain(training_callback, extra_callback),
             resume_command=continue_with or resume_command(),
         )

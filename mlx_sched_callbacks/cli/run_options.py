@@ -41,6 +41,11 @@ def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH
     )
 
 
+def run_keywords(options) -> dict:
+    """The :class:`~mlx_sched_callbacks.run.TrainingRun` keywords that the run options give."""
+    return {"keep_checkpoints": options.keep_checkpoints}
+
+
 def schedule_from_config(lr_schedule, learning_rate: float):
     """Our schedule for mlx-lm's ``lr_schedule`` (its own form or our ``to_dict`` form)."""
     from .. import schedules

@@ -17,6 +17,7 @@ from .run_options import (
     hold_before_loading,
     log_dir_for,
     resume_command,
+    run_keywords,
     schedule_from_config,
     start_training,
 )
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
               seed=None, *, log_history=None):  # fmt: skip
         training = MlxVlmTraining(
             model, optimizer, schedule, args, train_dataset, val_dataset, task=task, seed=seed,
-            log_dir=log_dir, keep_checkpoints=options.keep_checkpoints,
+            log_dir=log_dir, **run_keywords(options),
             training_callback=training_callback, resume_command=resume_command(["vlm", *argv]),
         )  # fmt: skip
         start_training(training, options, log_dir)

@@ -45,6 +45,9 @@ class Saving:
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current iteration; only rank 0 writes files."""
+        if not self.write_checkpoints:
+            self._saved_at = self.iteration
+            return None
         keys = self._random_keys()  # on every rank: a collective
         if self.rank != 0:
             self._saved_at = self.iteration

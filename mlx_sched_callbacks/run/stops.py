@@ -18,6 +18,16 @@ class _Stop(BaseException):
 class Stopping:
     """Where and how a run stops early, for :class:`TrainingRun`."""
 
+    def request_stop(self, reason: str, code: int = 0) -> None:
+        """Stop at the next update boundary, as a polite stop does, with a checkpoint there.
+
+        For a decision the run makes itself (early stopping, a diverged range test), made
+        alike on every rank. ``reason`` opens the line the run prints. With ``code`` 0,
+        :meth:`train` returns; otherwise it raises ``TrainingStopped(code)``.
+        """
+        if self._requested is None:
+            self._requested = (reason, code)
+
     def _stopped(self) -> TrainingStopped:
         checkpoint = self.checkpoint_dir / f"step_{self.iteration:09d}"
         saved = self._saved_at == self.iteration and checkpoint.is_dir()
@@ -29,6 +39,9 @@ class Stopping:
                 f"Once it can be written, continue with: {how}"
             )
             code = 1
+        elif self._signals.requested is None:
+            said, code = self._requested
+            reason = f"{said}: stopped after iteration {self.iteration} ({where})."
         else:
             signum = self._signals.requested
             reason = (
@@ -86,7 +99,7 @@ class Stopping:
         if self._signals is None or self._stop_at is not None or iteration > self._stop:
             return
         signum = self._signals.agreed()
-        if signum is None:
+        if signum is None and self._requested is None:
             return
         self._signals.requested = signum
         k, done = self.args.grad_accumulation_steps, iteration - 1

@@ -87,6 +87,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         names: list[str] | None = None,
         stop_signals=DEFAULT_SIGNALS,
         resume_command: str | None = None,
+        write_checkpoints: bool = True,
     ):
         k = args.grad_accumulation_steps
         if args.steps_per_save % k:
@@ -106,6 +107,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         self.keep_checkpoints = keep_checkpoints
         self.stop_signals = tuple(stop_signals)
         self.resume_command = resume_command
+        self.write_checkpoints = write_checkpoints
         self.rank = mx.distributed.init().rank()
         self.adapter_dir = Path(args.adapter_file).parent
         self.checkpoint_dir = Path(checkpoint_dir or self.adapter_dir / "checkpoints")
@@ -132,6 +134,8 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         self._signals: StopSignals | None = None
         self._failure: str | None = None
         self._resume_data: dict | None = None  # the data position to replay, once
+        self._requested: tuple[str, int] | None = None  # a stop the run asked for itself
+        self.stop_reason: str | None = None  # why the last train() ended early, if it did
 
     # -- what an adapter says ------------------------------------------------
 
@@ -192,7 +196,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
             self.callback.close()
             return
         self._hold_folders()
-        self._stop, self._stop_at = stop, None
+        self._stop, self._stop_at, self._requested = stop, None, None
         self._set_aside_later_checkpoints()
         self.optimizer.init(self.model.trainable_parameters())
         stopped = None
@@ -215,7 +219,9 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
                 self._signals = None
         if stopped is not None:
             self._say(stopped.reason)
-            raise stopped
+            self.stop_reason = stopped.reason
+            if stopped.code:
+                raise stopped
 
     def _segment_end(self, start: int, stop: int) -> int:
         """Where the trainer call that starts at ``start`` ends: an update boundary.
