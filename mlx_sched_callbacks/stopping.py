@@ -94,3 +94,36 @@ class StopSignals:
         mine = mx.array([self.requested or 0], dtype=mx.int32)
         seen = mx.distributed.all_gather(mine, group=world, stream=mx.cpu).tolist()
         return max(seen) or None
+
+
+class CatchesSignals:
+    """``catch_signals`` and ``stop_requested`` for a hand-written loop's callback."""
+
+    _signals: StopSignals | None = None
+
+    def catch_signals(self, signals=DEFAULT_SIGNALS) -> StopSignals:
+        """A context manager under which SIGINT and SIGTERM ask for a stop instead of killing.
+
+        For a hand-written loop: ask :attr:`stop_requested` after each update, and
+        when it is set, checkpoint and exit with ``128 + signal`` (130 for Ctrl-C,
+        143 for SIGTERM). A second Ctrl-C aborts at once; the previous handlers
+        come back when the block ends::
+
+            with callback, callback.catch_signals():
+                for step in range(callback.step, total):
+                    ...
+                    if signum := callback.stop_requested:
+                        save_checkpoint()
+                        raise SystemExit(128 + signum)
+        """
+        self._signals = StopSignals(signals)
+        return self._signals
+
+    @property
+    def stop_requested(self) -> int | None:
+        """The signal that asked for a stop, or ``None``; see :meth:`catch_signals`.
+
+        In a distributed run, read it on every rank at the same step: a signal
+        reaching any rank is seen by all of them there.
+        """
+        return None if self._signals is None else self._signals.agreed()

@@ -93,7 +93,7 @@ def test_complete_build_is_reused_and_incomplete_one_rebuilt(tmp_path):
     assert build_tiny_model(path, seed=0) == path
     assert weights.read_bytes() == b"stale"  # complete, same seed: left as it is
 
-    (path / tiny._MARKER).unlink()  # as if a build was interrupted
+    (path / tiny.lm._MARKER).unlink()  # as if a build was interrupted
     build_tiny_model(path, seed=0)
     assert weights.read_bytes() == built
 

@@ -12,23 +12,27 @@ import mlx.optimizers as optim
 from .. import schedules
 from ..events import EventWriter
 from ..schedules.plateau import stateful_phases
-from ..stopping import DEFAULT_SIGNALS, StopSignals
+from ..stopping import CatchesSignals, StopSignals
+from .gradients import GradientWatch, WatchesGradients
 from .hyperparameters import (
     _FLOAT32_MAX,
     _check_rate,
     _has_state,
     _schedule_hyperparameter,
     checked_arguments,
+    checked_count,
 )
 from .log import EventLog
 from .state import CallbackState
 
 DEFAULT_TAG = "train/learning_rate"
+# Updates skipped in a row before the guard gives up: a few bad batches pass, a diverged run stops.
+DEFAULT_MAX_SKIPPED_UPDATES = 10
 # Steps whose rates and arrays are made at once: 64 measured faster than 256 or 1024.
 _CACHE_STEPS = 64
 
 
-class LRScheduleCallback(EventLog, CallbackState):
+class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradients):
     """Owns a schedule and sets ``optimizer.learning_rate`` before every update.
 
     The unit is one optimizer update (with gradient accumulation, one update may
@@ -74,6 +78,10 @@ class LRScheduleCallback(EventLog, CallbackState):
         flush_secs: float = 10.0,
         hyperparameters: dict[str, schedules.Schedule] | None = None,
         names: list[str] | None = None,
+        log_grad_norm: bool = False,
+        max_grad_norm: float | None = None,
+        skip_non_finite: bool = False,
+        max_skipped_updates: int = DEFAULT_MAX_SKIPPED_UPDATES,
     ):
         schedule, parts, names, extras = checked_arguments(
             schedule, optimizer, names, hyperparameters, log_every, flush_secs
@@ -96,6 +104,14 @@ class LRScheduleCallback(EventLog, CallbackState):
         self._next_file_start = 1
         self._writer: EventWriter | None = None
         self._signals: StopSignals | None = None
+        self._watch = None
+        if log_grad_norm or max_grad_norm is not None or skip_non_finite:
+            self._watch = GradientWatch(
+                optimizer, max_grad_norm=max_grad_norm, skip_non_finite=skip_non_finite
+            )
+        self.max_skipped_updates = checked_count("max_skipped_updates", max_skipped_updates)
+        self.skipped_updates = 0  # updates skipped as non-finite, in all
+        self.skips_in_a_row = 0
 
     # -- the two hooks -----------------------------------------------------
 
@@ -207,22 +223,34 @@ class LRScheduleCallback(EventLog, CallbackState):
         return values[0] if main is None else main
 
     def on_step_end(self) -> None:
-        """Count the update just made; log its rate if this step is due."""
+        """Count the update just made; log its rate if this step is due.
+
+        With the non-finite guard on, an update that was skipped is counted apart: the
+        schedule stays where it was, and the x-axis (updates made) moves on.
+        """
+        if self._watch is not None and self._watch.skipped():
+            return self._skipped()
         self.step += 1
+        self.skips_in_a_row = 0
+        update = self.step + self.skipped_updates
+        if update % self.log_every == 0 and self.log_dir is not None:
+            self._log_update(update)
+
+    def _log_update(self, update: int) -> None:
         if self._extras:
-            if self.step % self.log_every == 0 and self.log_dir is not None:
-                if self._main_rate is not None:
-                    self.log_scalar(self.tag, self._main_rate, self.step)
-                for (key, _, _), value in zip(self._extras, self._extra_values):
-                    self.log_scalar(f"train/{key}", value, self.step)
-            return
-        if self.step % self.log_every == 0 and self.log_dir is not None:
+            if self._main_rate is not None:
+                self.log_scalar(self.tag, self._main_rate, update)
+            for (key, _, _), value in zip(self._extras, self._extra_values):
+                self.log_scalar(f"train/{key}", value, update)
+        else:
             i = self.step - 1 - self._cache_start
             if 0 <= i < len(self._cache_rates):
                 rate = self._cache_rates[i]
             else:
                 rate = self._schedule.at(self.step - 1)
-            self.log_scalar(self.tag, rate, self.step)
+            self.log_scalar(self.tag, rate, update)
+        if self._watch is not None:
+            self.log_scalar("train/grad_norm", self._watch.norm(), update)
 
     def on_validation(self, loss: float) -> bool:
         """Feed a validation loss to every ``reduce_on_plateau`` phase that has begun.
@@ -241,32 +269,3 @@ class LRScheduleCallback(EventLog, CallbackState):
                 if step >= first_step:
                     reduced |= phase.observe(loss, step - first_step)
         return reduced
-
-    # -- stopping ----------------------------------------------------------
-
-    def catch_signals(self, signals=DEFAULT_SIGNALS) -> StopSignals:
-        """A context manager under which SIGINT and SIGTERM ask for a stop instead of killing.
-
-        For a hand-written loop: ask :attr:`stop_requested` after each update, and
-        when it is set, checkpoint and exit with ``128 + signal`` (130 for Ctrl-C,
-        143 for SIGTERM). A second Ctrl-C aborts at once; the previous handlers
-        come back when the block ends::
-
-            with callback, callback.catch_signals():
-                for step in range(callback.step, total):
-                    ...
-                    if signum := callback.stop_requested:
-                        save_checkpoint()
-                        raise SystemExit(128 + signum)
-        """
-        self._signals = StopSignals(signals)
-        return self._signals
-
-    @property
-    def stop_requested(self) -> int | None:
-        """The signal that asked for a stop, or ``None``; see :meth:`catch_signals`.
-
-        In a distributed run, read it on every rank at the same step: a signal
-        reaching any rank is seen by all of them there.
-        """
-        return None if self._signals is None else self._signals.agreed()

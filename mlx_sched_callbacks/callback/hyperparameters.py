@@ -230,3 +230,9 @@ def checked_arguments(schedule, optimizer, names, hyperparameters, log_every, fl
             f"got {flush_secs!r}."
         )
     return schedule, parts, names, extras
+
+
+def checked_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"LRScheduleCallback: {name} must be an integer >= 1, got {value!r}.")
+    return value

@@ -50,7 +50,7 @@ class EventLog:
                 self._writer.close()
             except OSError as error:
                 raise _naming(error, self._writer) from error
-        self._next_file_start = self.step + 1
+        self._next_file_start = self.step + self.skipped_updates + 1
 
     def abandon_log(self) -> None:
         """Stop logging after a write failed: close the event file, whatever it says."""

@@ -37,6 +37,9 @@ class CallbackState:
         }
         if phases:
             state["schedule_state"] = phases
+        if self._watch is not None and self._watch.skip_non_finite:
+            state["skipped_updates"] = self.skipped_updates
+            state["skips_in_a_row"] = self.skips_in_a_row
         return state
 
     def load_state_dict(self, state: dict, *, allow_schedule_change: bool = False) -> None:
@@ -47,6 +50,11 @@ class CallbackState:
         a run with a longer decay.
         """
         step, saved, phases = _validate_state(state)
+        skips = [state.get(name, 0) for name in ("skipped_updates", "skips_in_a_row")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in skips):
+            raise ValueError(
+                f"callback state: skipped update counts must be integers >= 0, got {skips}."
+            )
         ours = {key: s.to_dict() for key, s in self.schedules.items()}
         theirs = {key: s.to_dict() for key, s in saved.items()}
         if ours != theirs and not allow_schedule_change:
@@ -74,7 +82,8 @@ class CallbackState:
                 phase.reset()
         self.close()
         self.step = step
-        self._next_file_start = step + 1
+        self.skipped_updates, self.skips_in_a_row = skips
+        self._next_file_start = step + self.skipped_updates + 1
         self._cache_start, self._cache_rates = 0, []
 
     def save(self, path: str | os.PathLike) -> None:

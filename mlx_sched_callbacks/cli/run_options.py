@@ -9,10 +9,12 @@ resume and the same last lines.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 
+from ..callback.core import DEFAULT_MAX_SKIPPED_UPDATES
 from ..run.lock import check_writable, hold_run_folders
 
 
@@ -39,11 +41,85 @@ def add_run_options(parser: argparse.ArgumentParser, folder: str = "ADAPTER_PATH
         action="store_true",
         help="on --resume, continue with this run's schedule even if the checkpoint's differs",
     )
+    add_training_options(parser)
+
+
+def _whole(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number(positive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            relation = "> 0" if positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"expected a finite number {relation}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The best adapter, early stopping, gradient norms, clipping and the non-finite guard."""
+    ours = parser.add_argument_group("mlx-sched training options")
+    ours.add_argument(
+        "--early-stopping-patience",
+        type=_whole(1),
+        default=None,
+        metavar="N",
+        help="stop after N validations without a validation loss lower than the best by more "
+        "than --early-stopping-threshold (default: never); the best adapter is kept as "
+        "best_adapters.safetensors whenever validation runs",
+    )
+    ours.add_argument(
+        "--early-stopping-threshold",
+        type=_number(positive=False),
+        default=0.0,
+        metavar="X",
+        help="how much lower than the best a validation loss must be to count (default: 0)",
+    )
+    ours.add_argument(
+        "--max-grad-norm",
+        type=_number(positive=True),
+        default=None,
+        metavar="X",
+        help="clip gradients to a global L2 norm of X before each update (default: no clipping)",
+    )
+    ours.add_argument(
+        "--max-skipped-updates",
+        type=_whole(0),
+        default=DEFAULT_MAX_SKIPPED_UPDATES,
+        metavar="N",
+        help="updates with a non-finite gradient norm are skipped (parameters and optimizer "
+        "state kept); stop after N in a row (default: "
+        f"{DEFAULT_MAX_SKIPPED_UPDATES}; 0: no guard, a non-finite update is applied)",
+    )
 
 
 def run_keywords(options) -> dict:
     """The :class:`~mlx_sched_callbacks.run.TrainingRun` keywords that the run options give."""
-    return {"keep_checkpoints": options.keep_checkpoints}
+    guard = options.max_skipped_updates
+    return {
+        "keep_checkpoints": options.keep_checkpoints,
+        "early_stopping_patience": options.early_stopping_patience,
+        "early_stopping_threshold": options.early_stopping_threshold,
+        "log_grad_norm": True,
+        "max_grad_norm": options.max_grad_norm,
+        "skip_non_finite": guard > 0,
+        "max_skipped_updates": max(guard, 1),
+    }
 
 
 def schedule_from_config(lr_schedule, learning_rate: float):

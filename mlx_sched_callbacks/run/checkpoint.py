@@ -24,6 +24,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .._files import check_regular, file_kind, fsync_directory, naming, open_regular, read_json
+from ..callback.gradients import WATCH_KEYS
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlx_sched_callbacks.checkpoint"
@@ -293,7 +294,12 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
 
 def save_optimizer_state(optimizer, path: str | os.PathLike) -> None:
     """Save the whole optimizer state (step, rate, moments) as safetensors."""
-    mx.save_safetensors(str(path), dict(tree_flatten(optimizer.state)))
+    mx.save_safetensors(str(path), _saved_state(optimizer))
+
+
+def _saved_state(optimizer) -> dict:
+    # A GradientWatch's keys describe the last update, not the optimizer: not saved.
+    return {k: v for k, v in tree_flatten(optimizer.state) if k not in WATCH_KEYS}
 
 
 def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) -> None:
@@ -308,7 +314,7 @@ def load_optimizer_state(optimizer, path: str | os.PathLike, parameters=None) ->
     loaded = read_arrays(path, "optimizer state")
     if parameters is not None:
         optimizer.init(parameters)
-        expected = dict(tree_flatten(optimizer.state))
+        expected = _saved_state(optimizer)
         check_fit(loaded, expected, f"optimizer state {path}", "this model and optimizer")
     state = tree_unflatten(list(loaded.items()))
     # A MultiOptimizer's state is a fresh {"states": [...]} on every read: restore

@@ -27,7 +27,8 @@ class Reports:
         val_time = time.perf_counter() - tic
         self.show_validation(iteration, val_loss, val_time)
         self.callback.log_scalar("val/loss", val_loss, self.x(iteration))
-        self.callback.on_validation(val_loss)  # feeds reduce_on_plateau phases
+        self.callback.on_validation(val_loss)  # feeds reduce_on_plateau phases first
+        self._after_validation(iteration, val_loss)
         if self.next_callback is not None:
             self.next_callback.on_val_loss_report(
                 {"iteration": iteration - 1, "val_loss": val_loss, "val_time": val_time}

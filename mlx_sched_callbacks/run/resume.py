@@ -76,6 +76,7 @@ class Resume:
         if self.rank == 0:
             self._write_adapter_files(folder)
         self._last_trained_tokens = state["trained_tokens"]
+        self._restore_best(state, folder)
         self._saved_at = self.iteration
         self.restore_data(state)
         self._restore_random(state)
@@ -147,6 +148,16 @@ class Resume:
             )
         if not 1 <= state["batch_size"] <= 2**31 or not 0 <= state["trained_tokens"] < 2**63:
             raise ValueError(f"{where}: batch_size or trained_tokens is out of range.")
+        best, stale = state.get("best"), state.get("stale_validations", 0)
+        best_fits = best is None or (
+            isinstance(best, dict)
+            and _is_count(best.get("iteration"))
+            and isinstance(best.get("val_loss"), (int, float))
+        )
+        if not best_fits or not _is_count(stale):
+            raise ValueError(
+                f"{where}: best ({best!r}) or stale_validations ({stale!r}) is malformed."
+            )
         if version == 1 and state["mx_random_seed"] != _mx_seed(iteration):
             raise ValueError(f"{where}: mx_random_seed does not belong to iteration {iteration}.")
         if version != 1:
@@ -160,10 +171,12 @@ class Resume:
         updates = iteration // k
         if self.applies_leftover_group and iteration % k:
             updates += 1
-        callback_step = read_json(where.parent / "callback.json", "callback state").get("step")
-        if callback_step != updates:
+        callback = read_json(where.parent / "callback.json", "callback state")
+        callback_step, skipped = callback.get("step"), callback.get("skipped_updates", 0)
+        if not isinstance(skipped, int) or callback_step != updates - skipped:
             raise ValueError(
-                f"{where.parent / 'callback.json'}: step {callback_step!r} does not match "
+                f"{where.parent / 'callback.json'}: step {callback_step!r} (and "
+                f"{skipped!r} skipped updates) does not match "
                 f"iteration {iteration} with grad_accumulation_steps {k} (expected {updates})."
             )
         self.check_data_state(state, str(where))
@@ -211,3 +224,7 @@ class Resume:
                 f"every rank must read rank 0's checkpoints in {self.checkpoint_dir} "
                 "(a file system all ranks share)."
             )
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -29,6 +29,7 @@ class Saving:
             "grad_accumulation_steps": self.args.grad_accumulation_steps,
             "batch_size": self.args.batch_size,
             "trained_tokens": self._last_trained_tokens,
+            **self._best_state(),
             **self.data_state(),
         }
 
@@ -65,6 +66,7 @@ class Saving:
                 "optimizer.safetensors": lambda p: save_optimizer_state(self.optimizer, p),
                 "callback.json": self.callback.save,
                 TRAINER_STATE: lambda p: p.write_text(json.dumps(state)),
+                **self._best_writers(),
             },
         )
         self._saved_at = self.iteration

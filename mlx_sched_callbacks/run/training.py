@@ -43,14 +43,16 @@ import mlx.core as mx
 
 from .. import schedules
 from ..callback import LRScheduleCallback
+from ..callback.gradients import NonFiniteGradientError
 from ..stopping import DEFAULT_SIGNALS, StopSignals
+from .best import BestAdapter, checked_patience, checked_threshold
 from .reports import Reports
 from .resume import Resume
 from .saving import Saving
 from .stops import Stopping, _Stop
 
 
-class TrainingRun(Resume, Stopping, Saving, Reports):
+class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter):
     """One training run of a trainer that pulls one batch per iteration, under a schedule.
 
     ``args`` carries mlx-lm's ``TrainingArgs`` fields: ``iters`` (the whole run),
@@ -88,6 +90,9 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         stop_signals=DEFAULT_SIGNALS,
         resume_command: str | None = None,
         write_checkpoints: bool = True,
+        early_stopping_patience: int | None = None,
+        early_stopping_threshold: float = 0.0,
+        **gradients,
     ):
         k = args.grad_accumulation_steps
         if args.steps_per_save % k:
@@ -108,6 +113,8 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         self.stop_signals = tuple(stop_signals)
         self.resume_command = resume_command
         self.write_checkpoints = write_checkpoints
+        self.early_stopping_patience = checked_patience(early_stopping_patience)
+        self.early_stopping_threshold = checked_threshold(early_stopping_threshold)
         self.rank = mx.distributed.init().rank()
         self.adapter_dir = Path(args.adapter_file).parent
         self.checkpoint_dir = Path(checkpoint_dir or self.adapter_dir / "checkpoints")
@@ -120,6 +127,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
             flush_secs=flush_secs,
             hyperparameters=hyperparameters,
             names=names,
+            **gradients,
         )
         self.iteration = 0  # global iterations finished
         self._start_iteration = 0  # where the trainer call under way began
@@ -199,6 +207,8 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
         self._stop, self._stop_at, self._requested = stop, None, None
         self._set_aside_later_checkpoints()
         self.optimizer.init(self.model.trainable_parameters())
+        if self.callback.gradient_watch is not None:
+            self.callback.gradient_watch.reset()
         stopped = None
         with self.callback, StopSignals(self.stop_signals) as self._signals:
             try:
@@ -268,7 +278,10 @@ class TrainingRun(Resume, Stopping, Saving, Reports):
             self.applies_leftover_group and self.iteration == self.args.iters
         )
         if at_update:
-            self.callback.on_step_end()
+            try:
+                self.callback.on_step_end()
+            except NonFiniteGradientError as error:
+                self.request_stop(f"{error} (iteration {self.iteration})", code=1)
         due = self.iteration % self.args.steps_per_save == 0 or self.iteration == self._stop
         if due or (self.iteration == self._stop_at and self._saved_at != self.iteration):
             self.save_checkpoint()
