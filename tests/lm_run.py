@@ -16,7 +16,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.datasets import CacheDataset, load_dataset
-from mlx_lm.tuner.trainer import TrainingArgs
+from mlx_lm.tuner.trainer import TrainingArgs, default_loss
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_sched_callbacks import schedules
@@ -37,9 +37,14 @@ class PrintIterations(TrainingCallback):
         print(f"iteration {info['iteration']}", flush=True)
 
 
+def poisoned_loss(model, *batch):
+    loss, tokens = default_loss(model, *batch)
+    return loss * (1 + model.poison), tokens
+
+
 def build(
     model_dir, data_dir, out, iters=60, save_every=20, grad_accumulation_steps=1,
-    schedule=SCHEDULE, steps_per_eval=25, dropout=0.0, steps_per_report=1,
+    schedule=SCHEDULE, steps_per_eval=25, dropout=0.0, steps_per_report=1, **options,
 ):  # fmt: skip
     model, tokenizer = load_tiny(model_dir)
     np.random.seed(0)
@@ -50,6 +55,10 @@ def build(
     train_set, valid_set, _ = load_dataset(data, tokenizer)
     model.freeze()
     linear_to_lora_layers(model, 2, {"rank": 8, "dropout": dropout, "scale": 20.0})
+    # A frozen scalar in the model's state (an input of the compiled step): set to inf,
+    # it makes that step's loss and gradients non-finite, in the trainer's real step.
+    model.poison = mx.array(0.0)
+    model.freeze(recurse=False, keys=["poison"])
     optimizer = optim.Adam(learning_rate=0.0)
     training_args = TrainingArgs(
         batch_size=4, iters=iters, val_batches=2, steps_per_report=steps_per_report,
@@ -62,8 +71,20 @@ def build(
     training = MlxLmTraining(
         model, optimizer, schedule, training_args, CacheDataset(train_set),
         CacheDataset(valid_set), log_dir=Path(out) / "tensorboard", training_callback=printer,
+        loss=poisoned_loss, **options,
     )  # fmt: skip
     return training, printer
+
+
+def options(args) -> dict:
+    found = {"log_grad_norm": True, "max_grad_norm": args.max_grad_norm}
+    if args.learning_rate is not None:
+        found["schedule"] = schedules.constant(args.learning_rate)
+    if args.early_stopping_patience is not None:
+        found["early_stopping_patience"] = args.early_stopping_patience
+    if args.max_skipped_updates is not None:
+        found.update(skip_non_finite=True, max_skipped_updates=args.max_skipped_updates)
+    return found
 
 
 def main():
@@ -79,12 +100,29 @@ def main():
     parser.add_argument("--stop-at", type=int, default=None)
     parser.add_argument("--stop-with", choices=["TERM", "INT", "KILL"], default="TERM")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--steps-per-eval", type=int, default=25)
+    parser.add_argument("--learning-rate", type=float, default=None, help="constant, else SCHEDULE")
+    parser.add_argument("--early-stopping-patience", type=int, default=None)
+    parser.add_argument("--max-grad-norm", type=float, default=None)
+    parser.add_argument("--max-skipped-updates", type=int, default=None, help="the guard on")
+    parser.add_argument("--poison", type=int, nargs="*", default=[], help="inf loss at these")
     args = parser.parse_args()
     training, printer = build(
         args.model, args.data, args.out, args.iters, args.save_every,
         args.grad_accumulation_steps, dropout=args.dropout,
-        steps_per_report=args.steps_per_report,
+        steps_per_report=args.steps_per_report, steps_per_eval=args.steps_per_eval,
+        **options(args),
     )  # fmt: skip
+    if args.poison:
+        begin = training.begin_iteration
+
+        def begin_iteration():
+            poisoned = training._pulled + 1 in args.poison
+            training.model.poison = mx.array(0.0)  # validation, in begin(), stays clean
+            begin()
+            training.model.poison = mx.array(float("inf") if poisoned else 0.0)
+
+        training.begin_iteration = begin_iteration
     if args.stop_at is not None:
         ask = training.before_next_batch
 
@@ -96,8 +134,12 @@ def main():
         training.before_next_batch = before_next_batch
     if args.resume:
         print(f"resumed at {training.resume()}", flush=True)
-    training.train()
-    (args.out / "reports.json").write_text(json.dumps(printer.reports))
+    try:
+        training.train()
+    finally:
+        (args.out / "reports.json").write_text(json.dumps(printer.reports))
+    if training.stop_reason:
+        print(f"stopped: {training.stop_reason}", flush=True)
 
 
 if __name__ == "__main__":
