@@ -32,6 +32,7 @@ from . import schedules
 from .schedules import Schedule
 
 __all__ = [
+    "format_rate",
     "natural_length",
     "phase_boundaries",
     "plot_schedule",
@@ -148,6 +149,11 @@ def schedule_table(schedule: Schedule, steps: int) -> list[tuple[str, int, float
         if name not in names[step]:
             names[step].append(name)
     return [(" / ".join(names[step]), step, schedule(step)) for step in sorted(names)]
+
+
+def format_rate(value: float) -> str:
+    """A rate in one format for every row: 7 significant digits, as float32 holds them."""
+    return f"{value:.6e}"
 
 
 def _short(value) -> str:

@@ -170,7 +170,7 @@ def test_lora_resume_with_another_schedule_names_the_flag(tiny, tmp_path):
     config = write_config(tmp_path / "c.yaml", tiny, lr_schedule=MLX_LM_SCHEDULE)
     first = mlx_sched("lora", "--config", config)
     assert first.returncode == 0, first.stderr
-    assert "TensorBoard logs: " in first.stdout
+    assert "See the curves: tensorboard --logdir " in first.stdout
     longer = {**MLX_LM_SCHEDULE, "arguments": [1e-3, 20, 1e-5]}
     changed = write_config(tmp_path / "c.yaml", tiny, lr_schedule=longer, iters=20)
     line = one_line_error(

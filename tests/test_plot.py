@@ -15,6 +15,7 @@ from mlx_sched_callbacks import schedules as S
 from mlx_sched_callbacks.cli.plot import main as plot_main
 from mlx_sched_callbacks.plot import (
     MATPLOTLIB_MISSING,
+    format_rate,
     natural_length,
     phase_boundaries,
     plot_schedule,
@@ -82,9 +83,10 @@ def test_png_and_exact_table_from_a_spec_file(tmp_path, capsys):
     rows = printed_table(capsys.readouterr().out)
     assert [step for _, step, _ in rows] == [0, 49, 50, 249, 250, 549, 550, 649, 650, 699]
     for _, step, value in rows:
-        assert value == schedule(step)  # repr round-trips: exact
+        assert value == float(format_rate(schedule(step)))  # one format, 7 digits
     assert [name for name, step, _ in rows if step in (50, 250, 550, 650)] == ["boundary"] * 4
-    assert rows == schedule_table(schedule, 700)  # the printed table is schedule_table's
+    # The printed table is schedule_table's.
+    assert rows == [(n, s, float(format_rate(v))) for n, s, v in schedule_table(schedule, 700)]
 
 
 def test_mlx_lm_config_in_a_subprocess_png_table_and_tensorboard_plan(tmp_path):
@@ -115,7 +117,7 @@ def test_mlx_lm_config_in_a_subprocess_png_table_and_tensorboard_plan(tmp_path):
         ("last", 1099),
     ]
     for _, step, value in rows:
-        assert value == schedule(step)
+        assert value == float(format_rate(schedule(step)))
 
     points = read_scalars(plan)
     assert [step for step, _ in points] == list(range(1, 1101))

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-from .common import UserError, user_error_message
+from .common import UserError, debug_wanted, user_error_message
 
 __all__ = ["COMMANDS", "main", "run_command"]
 
@@ -74,9 +74,11 @@ def run_command(name: str, argv: list[str], debug: bool) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("MLX_SCHED_DEBUG", "") not in ("", "0")
     if argv[:1] == ["--debug"]:
-        debug, argv = True, argv[1:]
+        # Also for the commands' own parsers (plot, demo), and any subprocess.
+        os.environ["MLX_SCHED_DEBUG"] = "1"
+        argv = argv[1:]
+    debug = debug_wanted()
     if argv[:1] == ["--version"]:
         from .. import __version__
 

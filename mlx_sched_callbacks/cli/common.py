@@ -4,7 +4,12 @@ config as the trainer's own CLI does."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import os
 import shlex
+import sys
+import traceback
 import types
 from pathlib import Path
 
@@ -24,10 +29,24 @@ INPUT_ERROR_SOURCES = ("mlx_sched_callbacks", "mlx_lm", "mlx_lm_lora", "mlx_vlm"
 FLAG_NAMES = {"Pass allow_schedule_change=True": "pass --allow-schedule-change"}
 
 
+def debug_wanted() -> bool:
+    """``mlx-sched --debug`` (which sets it) or ``MLX_SCHED_DEBUG=1``."""
+    return os.environ.get("MLX_SCHED_DEBUG", "") not in ("", "0")
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line: ``--help`` shows the usage."""
+    """An argument parser whose errors are one line: ``--help`` shows the usage.
+
+    With --debug, the one line follows the traceback of the error it reports (or,
+    for a check of the parser's own, the stack that made it).
+    """
 
     def error(self, message):
+        if debug_wanted():
+            if sys.exc_info()[1] is not None:
+                traceback.print_exc()
+            else:
+                traceback.print_stack()
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -87,17 +106,78 @@ def read_config(path: str, tool: str = "mlx_lm.lora", loader=None) -> dict:
     return config
 
 
-def parse_like(parser, argv, defaults: dict, tool: str = "mlx_lm.lora", loader=None):
-    """Parse as ``tool`` does: flags win over the --config YAML, which wins over defaults."""
+def add_strict_config(parser) -> None:
+    parser.add_argument(
+        "--strict-config",
+        action="store_true",
+        help="refuse a --config key that neither the trainer nor mlx-sched reads "
+        "(default: a warning naming it and the closest known key)",
+    )
+
+
+def unknown_keys_line(unknown, known, where: str) -> str:
+    """``{where}: unknown config key `modle` (did you mean `model`?)``, every key on one line."""
+    named = []
+    for key in sorted(unknown, key=str):
+        close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+        named.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    keys = "key" if len(named) == 1 else "keys"
+    return f"{where}: unknown config {keys} {', '.join(named)}"
+
+
+def parse_like(parser, argv, defaults: dict, tool: str = "mlx_lm.lora", loader=None, reads=()):
+    """Parse as ``tool`` does: flags win over the --config YAML, which wins over defaults.
+
+    A config key that is neither a flag, a default nor in ``reads`` (what ``tool``
+    reads with getattr) is read by nobody: a warning names it before anything loads,
+    an error with --strict-config. Known keys come from the parser, so new flags count.
+    """
+    add_strict_config(parser)
     args = vars(parser.parse_args(argv))
     if args["config"]:
-        for key, value in read_config(args["config"], tool, loader).items():
+        config = read_config(args["config"], tool, loader)
+        known = {action.dest for action in parser._actions} | defaults.keys() | set(reads)
+        if unknown := config.keys() - known:
+            line = unknown_keys_line(unknown, known, f"--config {args['config']}")
+            if args["strict_config"]:
+                raise UserError(f"{line}; neither {tool} nor mlx-sched reads it.")
+            print(
+                f"{parser.prog}: warning: {line}; neither {tool} nor mlx-sched reads it, "
+                "so it is ignored (--strict-config makes this an error).",
+                file=sys.stderr,
+                flush=True,
+            )
+        for key, value in config.items():
             if args.get(key) is None:
                 args[key] = value
     for key, value in defaults.items():
         if args.get(key) is None:
             args[key] = value
     return types.SimpleNamespace(**args)
+
+
+def colour_wanted(stream=None) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    stream = stream or sys.stdout
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+@contextlib.contextmanager
+def colour_codes_off(*classes):
+    """Blank the ANSI escape constants of ``classes`` (the trainers' ``Colors``) for the
+    duration, unless colour is wanted."""
+    blanked = []
+    if not colour_wanted():
+        for cls in classes:
+            for name, value in list(vars(cls).items()):
+                if isinstance(value, str) and value.startswith("\033["):
+                    blanked.append((cls, name, value))
+                    setattr(cls, name, "")
+    try:
+        yield
+    finally:
+        for cls, name, value in blanked:
+            setattr(cls, name, value)
 
 
 def tensorboard_command(log_dir) -> str:

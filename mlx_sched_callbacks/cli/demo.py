@@ -7,9 +7,11 @@ import shlex
 import signal
 from pathlib import Path
 
+from ..trainers.common import replaced
 from .common import Parser, tensorboard_command
 from .lora import lora_args, run_lora
 from .run_options import schedule_from_config
+from .summary import BEST_ADAPTERS, mlx_lm_next_steps
 
 DEMO_OUT = Path("mlx-sched-demo")
 DEMO_ITERS = 200
@@ -44,6 +46,15 @@ def demo_parser() -> Parser:
         help="on --resume with another --iters, continue under the new schedule",
     )
     parser.add_argument(
+        "--build-only",
+        nargs="?",
+        const=DEMO_OUT,
+        type=Path,
+        metavar="DIR",
+        help=f"only build the tiny models and data in DIR (default: ./{DEMO_OUT}) and print "
+        "how to run the example configs (examples/*.yaml) on them",
+    )
+    parser.add_argument(
         "--kill-at",
         type=int,
         default=None,
@@ -54,9 +65,40 @@ def demo_parser() -> Parser:
     return parser
 
 
+def build_only(root: Path) -> None:
+    """Build what examples/*.yaml read, and say how to run them."""
+    from ..tiny.__main__ import CONTENTS, build_all
+
+    try:
+        import mlx_vlm  # noqa: F401
+
+        vlm = True
+    except ImportError:
+        vlm = False
+    for path in build_all(root, vlm=vlm):
+        print(f"built {path}  ({CONTENTS[path.name]})")
+    # The configs name ./mlx-sched-demo; flags win over a config's keys.
+    moved = root != DEMO_OUT
+    runs = [
+        ("lora", "lora_config.yaml", ["--model", root / "model", "--data", root / "data"]),
+        ("lm-lora", "lm_lora_dpo_config.yaml",
+         ["--model", root / "model", "--data", root / "pref-data"]),
+    ]  # fmt: skip
+    if vlm:
+        flags = ["--model", root / "vlm-model", "--data", root / "vlm-data"]
+        runs.append(("vlm", "vlm_config.yaml", flags))
+    print("Run the example configs (in examples/ of the source tree) on them:")
+    for command, config, flags in runs:
+        flags = [str(flag) for flag in flags] if moved else []
+        print("  " + shlex.join(["mlx-sched", command, "-c", f"examples/{config}", *flags]))
+
+
 def main(argv) -> None:
     parser = demo_parser()
     args = parser.parse_args(argv)
+    if args.build_only is not None:
+        build_only(args.build_only)
+        return
     if args.iters < 2:
         parser.error(f"--iters must be at least 2 (a warmup and a decay), got {args.iters}.")
     if args.kill_at is not None and (
@@ -116,21 +158,37 @@ def main(argv) -> None:
                 )
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    log_dir = run_lora(
-        lora_namespace,
-        extra_callback=KillAt() if args.kill_at else None,
-        continue_with=continue_with,
-    )
+    from mlx_lm import lora
+
+    rprint = lora.rprint
+
+    def say(*words, **kwargs):  # mlx-lm's words, made true of the demo's model
+        if words == ("Loading pretrained model",):
+            words = (f"Loading the tiny model in {out / 'model'} (random weights, built here)",)
+        rprint(*words, **kwargs)
+
+    with replaced(lora, "rprint", say):
+        summary = run_lora(
+            lora_namespace,
+            extra_callback=KillAt() if args.kill_at else None,
+            continue_with=continue_with,
+        )
+    log_dir = summary.log_dir
     adapters = out / "adapters"
     print(f"Schedule: {schedule_repr}")
     print(f"Done: {args.iters} iterations. Everything is under {out}:")
     print(f"  model:        {out / 'model'}  (tiny llama, random weights, built here)")
     print(f"  data:         {out / 'data'}  (train.jsonl, valid.jsonl, test.jsonl)")
     print(f"  adapters:     {adapters / 'adapters.safetensors'}")
+    if (adapters / BEST_ADAPTERS).is_file():
+        print(f"  best adapter: {adapters / BEST_ADAPTERS}  (see best_adapters.json)")
     print(f"  checkpoints:  {adapters / 'checkpoints'}  (every {DEMO_SAVE_EVERY} iterations)")
     print(f"  TensorBoard:  {log_dir}")
     print(f"See the curves: {tensorboard_command(log_dir)}  (then open http://localhost:6006)")
     print(f"Resume after a kill: {continue_with}")
     kill_at = args.iters * 6 // 100 * 10  # 120 of 200: past a checkpoint, before the end
-    if kill_at:
+    if kill_at and not args.resume:
         print(f"  (try it: {shlex.join(same_run)} --kill-at {kill_at}, then that command)")
+    for step in mlx_lm_next_steps(out / "model", adapters):
+        print(f"Next: {step}")
+    print("Your own config: mlx-sched demo --build-only, then examples/lora_config.yaml")

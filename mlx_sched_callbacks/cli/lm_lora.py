@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm_lora import train as lora_train
+from mlx_lm_lora.visuals import Colors
 
 from ..trainers.common import replaced
 from ..trainers.mlx_lm_lora import MODES, MlxLmLoraTraining, metal_key_for_cpu
-from .common import Parser, UserError, parse_like
+from .common import Parser, UserError, colour_codes_off, parse_like
 from .run_options import (
     add_run_options,
     hold_before_loading,
@@ -20,6 +22,14 @@ from .run_options import (
     schedule_from_config,
     start_training,
 )
+from .summary import RunSummary, mlx_lm_lora_next_steps
+
+# Keys mlx_lm_lora.train reads from its arguments with getattr: no flag, no default.
+READS = (
+    "hf_dataset", "adapter_file", "end_answer_token", "top_p", "top_k", "min_p",
+    "text_feature", "chat_feature", "prompt_feature", "completion_feature", "system_feature",
+    "chosen_feature", "rejected_feature", "type_feature", "answer_feature",
+)  # fmt: skip
 
 
 def parse_args(argv):
@@ -35,8 +45,9 @@ def parse_args(argv):
     )
     add_run_options(parser)
     return parse_like(
-        parser, argv, lora_train.CONFIG_DEFAULTS, "mlx_lm_lora.train", lora_train.yaml_loader
-    )
+        parser, argv, lora_train.CONFIG_DEFAULTS, "mlx_lm_lora.train", lora_train.yaml_loader,
+        READS,
+    )  # fmt: skip
 
 
 def main(argv) -> None:
@@ -60,16 +71,22 @@ def main(argv) -> None:
     name = f"train_{args.train_mode}"
     original = getattr(lora_train, name)
 
+    continue_with = resume_command(["lm-lora", *argv])
+    summary = RunSummary(
+        Path(args.adapter_path), log_dir, continue_with,
+        mlx_lm_lora_next_steps(args.model, args.adapter_path, fused=bool(args.fuse)),
+    )  # fmt: skip
+
     def train(**trainer_kwargs):
         training = MlxLmLoraTraining(
             args.train_mode, schedule, trainer_kwargs, trainer=original, log_dir=log_dir,
-            **run_keywords(args), resume_command=resume_command(
-                ["lm-lora", *argv]),
+            **run_keywords(args), resume_command=continue_with,
         )  # fmt: skip
-        start_training(training, args, log_dir)
+        start_training(training, args, summary)
 
     # mlx_lm_lora.train seeds mlx only after the LoRA layers are made, so their initial
     # weights differ from run to run; seeded here, a run can be repeated and compared.
     mx.random.seed(args.seed)
-    with metal_key_for_cpu(), replaced(lora_train, name, train):
+    with metal_key_for_cpu(), replaced(lora_train, name, train), colour_codes_off(Colors):
         lora_train.run(args)
+    summary.finished()

@@ -7,7 +7,7 @@ import os
 import types
 from pathlib import Path
 
-from .common import Parser, UserError, one_line, parse_like, read_config, tensorboard_command
+from .common import Parser, UserError, colour_wanted, one_line, parse_like, read_config
 from .run_options import (
     add_run_options,
     hold_before_loading,
@@ -15,7 +15,12 @@ from .run_options import (
     resume_command,
     run_keywords,
     schedule_from_config,
+    start_training,
 )
+from .summary import RunSummary, mlx_lm_next_steps
+
+# Keys mlx-lm reads from its arguments with getattr: no flag, no default.
+READS = ("hf_dataset", "text_feature", "chat_feature", "prompt_feature", "completion_feature")
 
 
 def lora_parser() -> argparse.ArgumentParser:
@@ -38,7 +43,7 @@ def lora_args(argv) -> types.SimpleNamespace:
     """Parse like ``mlx_lm.lora``: flags win over the --config YAML, which wins over defaults."""
     from mlx_lm import lora
 
-    return parse_like(lora_parser(), argv, lora.CONFIG_DEFAULTS)
+    return parse_like(lora_parser(), argv, lora.CONFIG_DEFAULTS, reads=READS)
 
 
 def _where(args, key: str) -> str:
@@ -126,15 +131,15 @@ def _checked_load_dataset(load_dataset, where: str):
 
 def run_lora(
     args: types.SimpleNamespace, extra_callback=None, continue_with: str | None = None
-) -> str | None:
+) -> RunSummary:
     """Run mlx-lm's LoRA pipeline unchanged, with training handed to :class:`MlxLmTraining`.
 
     ``extra_callback`` (a ``TrainingCallback``) gets mlx-lm's reports after the
     ``--report-to`` ones. ``continue_with`` is the command a stopped run prints
-    (default: this command line with ``--resume``). Returns the TensorBoard log folder
-    if it trained.
+    (default: this command line with ``--resume``). Returns what to tell the user at
+    the end (:meth:`RunSummary.finished` says nothing if it did not train).
     """
-    from mlx_lm import lora
+    from mlx_lm import cli_ui, lora
 
     from ..trainers.common import replaced
     from ..trainers.mlx_lm import MlxLmTraining
@@ -153,8 +158,19 @@ def run_lora(
     args.lr_schedule = None
     log_dir = log_dir_for(args.adapter_path, args.log_dir)
     hold_before_loading(args.adapter_path, log_dir)
-    trained, configs = [], []
+    continue_with = continue_with or resume_command()
+    summary = RunSummary(
+        Path(args.adapter_path), log_dir, continue_with,
+        mlx_lm_next_steps(args.model, args.adapter_path),
+    )  # fmt: skip
+    configs = []
     save_config = lora.save_config
+
+    def save_held_configs():
+        # mlx-lm writes adapter_config.json before training: held back until every
+        # check has passed, so that a refused resume leaves the run folder as it was.
+        for config, path in configs:
+            save_config(config, path)
 
     def train(model, args, optimizer, train_dataset, val_dataset=None, training_callback=None):
         training = MlxLmTraining(
@@ -167,26 +183,36 @@ def run_lora(
             log_dir=log_dir,
             **run_keywords(run_args),
             training_callback=_chain(training_callback, extra_callback),
-            resume_command=continue_with or resume_command(),
+            resume_command=continue_with,
         )
-        if run_args.resume:
-            training.resume(allow_schedule_change=run_args.allow_schedule_change)
-        # mlx-lm writes adapter_config.json before training: held back until every
-        # check has passed, so that a refused resume leaves the run folder as it was.
-        for config, path in configs:
-            save_config(config, path)
-        training.train()
-        trained.append(log_dir)
+        start_training(training, run_args, summary, before_training=save_held_configs)
 
     run_args = args
+    console = cli_ui.make_console if colour_wanted() else plain_console
     with (
+        replaced(lora, "make_console", console),
+        replaced(cli_ui, "make_console", console),
         replaced(lora, "save_config", lambda *config: configs.append(config)),
         replaced(lora, "train", train),
         replaced(lora, "load", _checked_load(lora.load, model_where)),
         replaced(lora, "load_dataset", _checked_load_dataset(lora.load_dataset, data_where)),
     ):
         lora.run(args)
-    return trained[0] if trained else None
+    return summary
+
+
+def plain_console():
+    """mlx-lm's console without colour codes (it forces truecolor, even into a file, and
+    NO_COLOR still leaves bold)."""
+    from mlx_lm import cli_ui
+    from rich.console import Console
+
+    return Console(
+        theme=cli_ui._make_theme(),  # its markup names the theme's styles
+        highlight=False,
+        color_system=None,
+        width=cli_ui._terminal_width(),
+    )
 
 
 def _chain(first, second):
@@ -209,6 +235,4 @@ def _chain(first, second):
 
 def main(argv) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    log_dir = run_lora(lora_args(argv))
-    if log_dir:
-        print(f"TensorBoard logs: {log_dir}  (view: {tensorboard_command(log_dir)})")
+    run_lora(lora_args(argv)).finished()

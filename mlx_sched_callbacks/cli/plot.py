@@ -11,6 +11,7 @@ from pathlib import Path
 from ..plot import (
     DEFAULT_TAG,
     MATPLOTLIB_MISSING,
+    format_rate,
     natural_length,
     phase_boundaries,
     plan_files,
@@ -223,7 +224,7 @@ def _plot(argv: list[str]) -> None:
     print()
     print(f"{'point':<28} {'step':>10}  learning_rate")
     for name, step, value in schedule_table(schedule, steps):
-        print(f"{name:<28} {step:>10}  {value!r}")
+        print(f"{name:<28} {step:>10}  {format_rate(value)}")
     print()
     later = [b for b in phase_boundaries(schedule) if b >= steps]
     if later:
@@ -232,7 +233,7 @@ def _plot(argv: list[str]) -> None:
     if end is not None and end > steps - 1:
         print(
             f"note: the rate is still changing at the last step {steps - 1}; it reaches its "
-            f"final value {schedule(end)!r} at step {end}."
+            f"final value {format_rate(schedule(end))} at step {end}."
         )
     last = schedule(steps - 1)
     if not math.isfinite(last):

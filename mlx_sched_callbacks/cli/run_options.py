@@ -161,13 +161,27 @@ def resume_command(argv=None) -> str:
     return shlex.join(["mlx-sched", *argv])
 
 
-def start_training(training, options, log_dir: str) -> None:
-    """Resume if asked, train, and say where the logs are.
+def start_training(training, options, summary, before_training=None) -> None:
+    """Resume if asked and train; a stop or a refused resume ends with a short summary.
 
-    A polite stop (SIGINT, SIGTERM) ends this with ``TrainingStopped``, a
-    ``SystemExit`` whose code (130, 143) becomes the process's exit code.
+    The command prints ``summary.finished()`` once the trainer's pipeline has returned
+    (after what it does after training: saving, fusing, testing). A polite stop
+    (SIGINT, SIGTERM) ends this with ``TrainingStopped``, a ``SystemExit`` whose code
+    (130, 143) becomes the process's exit code.
     """
+    from ..stopping import TrainingStopped
+
     if options.resume:
-        training.resume(allow_schedule_change=options.allow_schedule_change)
-    training.train()
-    print(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {log_dir})", flush=True)
+        try:
+            training.resume(allow_schedule_change=options.allow_schedule_change)
+        except ValueError:
+            summary.refused()
+            raise
+    if before_training is not None:
+        before_training()
+    try:
+        training.train()
+    except TrainingStopped as stop:
+        summary.stopped(stop)
+        raise
+    summary.trained = True

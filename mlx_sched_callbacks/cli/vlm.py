@@ -9,9 +9,11 @@ from pathlib import Path
 
 import mlx_vlm.train as mlx_vlm_cli
 from mlx_vlm.trainer.common import engine
+from mlx_vlm.trainer.core import Colors
 
 from ..trainers.common import replaced
 from ..trainers.mlx_vlm import MlxVlmTraining
+from .common import Parser, UserError, colour_codes_off, unknown_keys_line
 from .run_options import (
     add_run_options,
     hold_before_loading,
@@ -21,11 +23,28 @@ from .run_options import (
     schedule_from_config,
     start_training,
 )
+from .summary import RunSummary, mlx_vlm_next_steps
+
+UNKNOWN_CONFIG = "Unknown config options: "
+
+
+class VlmParser(Parser):
+    """mlx_vlm.train refuses a config key it does not read: said in one line, with the
+    closest known key."""
+
+    def error(self, message):
+        if message.startswith(UNKNOWN_CONFIG):
+            unknown = message.removeprefix(UNKNOWN_CONFIG).split(", ")
+            known = {action.dest for action in self._actions}
+            line = unknown_keys_line(unknown, known, "--config")
+            raise UserError(f"{line}; mlx_vlm.train refuses keys it does not read.")
+        super().error(message)
 
 
 def _parser_with_our_options(build_parser):
     def build(*args, **kwargs):
         parser = build_parser(*args, **kwargs)
+        parser.__class__ = VlmParser
         parser.prog = "mlx-sched vlm"
         parser.description = (
             "python -m mlx_vlm.train with a learning-rate schedule set before every update, "
@@ -40,6 +59,12 @@ def _parser_with_our_options(build_parser):
             help="the schedule as JSON (or lr_schedule: in --config), e.g. "
             '\'{"name": "cosine_decay", "arguments": [1e-4, 1000], "warmup": 100}\' '
             "(default: --learning-rate throughout)",
+        )
+        parser.add_argument(
+            "--strict-config",
+            action="store_true",
+            help="accepted as by the other commands; mlx_vlm.train already refuses a "
+            "--config key it does not read",
         )
         return parser
 
@@ -58,19 +83,25 @@ def main(argv=None) -> None:
     folder = Path(settings.adapter_file).parent
     log_dir = log_dir_for(folder, options.log_dir)
     hold_before_loading(folder, log_dir)
+    continue_with = resume_command(["vlm", *argv])
+    summary = RunSummary(
+        folder, log_dir, continue_with, mlx_vlm_next_steps(options.model, folder),
+        adapters=Path(settings.adapter_file).name,
+    )  # fmt: skip
 
     def train(model, optimizer, train_dataset, val_dataset, args, task, training_callback=None,
               seed=None, *, log_history=None):  # fmt: skip
         training = MlxVlmTraining(
             model, optimizer, schedule, args, train_dataset, val_dataset, task=task, seed=seed,
             log_dir=log_dir, **run_keywords(options),
-            training_callback=training_callback, resume_command=resume_command(["vlm", *argv]),
+            training_callback=training_callback, resume_command=continue_with,
         )  # fmt: skip
-        start_training(training, options, log_dir)
+        start_training(training, options, summary)
         return {}
 
-    with replaced(engine, "train", train):
+    with replaced(engine, "train", train), colour_codes_off(Colors):
         mlx_vlm_cli.run(options, settings)
+    summary.finished()
 
 
 if __name__ == "__main__":

@@ -218,3 +218,23 @@ def load_tiny(path, seed: int = 0):
     reproducible.
     """
     return mlx_lm.load(str(build_tiny_model(path, seed)))
+
+
+def build_tiny_preference_dataset(path, n_train: int = 24, n_valid: int = 4, seed: int = 0):
+    """Write DPO/ORPO/CPO rows ``{"prompt", "chosen", "rejected"}`` to ``path``.
+
+    ``train.jsonl`` and ``valid.jsonl``: a sum asked, the right answer chosen, a
+    sentence about a cat rejected. Returns ``path``.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        rows = []
+        for _ in range(n):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            row = {"prompt": f"what is {a} plus {b}?", "chosen": f"{a} plus {b} is {a + b}.",
+                   "rejected": "the cat is red."}  # fmt: skip
+            rows.append(json.dumps(row) + "\n")
+        (path / f"{split}.jsonl").write_text("".join(rows))
+    return path
