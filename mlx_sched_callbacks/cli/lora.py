@@ -125,14 +125,18 @@ def _checked_load_dataset(load_dataset, where: str):
 
 
 def run_lora(
-    args: types.SimpleNamespace, extra_callback=None, continue_with: str | None = None
+    args: types.SimpleNamespace,
+    extra_callback=None,
+    continue_with: str | None = None,
+    train_with=None,
 ) -> str | None:
     """Run mlx-lm's LoRA pipeline unchanged, with training handed to :class:`MlxLmTraining`.
 
     ``extra_callback`` (a ``TrainingCallback``) gets mlx-lm's reports after the
     ``--report-to`` ones. ``continue_with`` is the command a stopped run prints
-    (default: this command line with ``--resume``). Returns the TensorBoard log folder
-    if it trained.
+    (default: this command line with ``--resume``). ``train_with(training)`` trains the
+    run in place of ``training.train()`` (``mlx-sched find-lr``). Returns the TensorBoard
+    log folder if it trained.
     """
     from mlx_lm import lora
 
@@ -175,7 +179,7 @@ def run_lora(
         # check has passed, so that a refused resume leaves the run folder as it was.
         for config, path in configs:
             save_config(config, path)
-        training.train()
+        (train_with or MlxLmTraining.train)(training)
         trained.append(log_dir)
 
     run_args = args
