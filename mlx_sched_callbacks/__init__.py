@@ -3,6 +3,7 @@
 from . import schedules
 from .callback import LRScheduleCallback
 from .events import EventWriter
+from .lr_find import find_lr
 
-__all__ = ["EventWriter", "LRScheduleCallback", "schedules"]
+__all__ = ["EventWriter", "LRScheduleCallback", "find_lr", "schedules"]
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_sched_callbacks.lr_find import find_lr, write_outputs
-from mlx_sched_callbacks.lr_find.finder import PLOT_HINT
+from mlx_sched_callbacks.lr_find.outputs import PLOT_HINT
 
 DIM, BATCHES, BATCH = 8, 16, 32
 

@@ -26,6 +26,7 @@ commands:
   lm-lora mlx_lm_lora.train (SFT, DPO, ORPO, GRPO, ...) likewise (extra: lm-lora)
   vlm     mlx_vlm.train likewise (extra: vlm)
   plot    preview a schedule: a PNG, the rate at each phase boundary, a TensorBoard plan
+  find-lr an LR range test on a trainer (lora, lm-lora, vlm): a suggested peak and schedule
 
 Run `mlx-sched COMMAND --help` for a command's options, `mlx-sched --version` for the version.
 A mistake in the input prints one line; `mlx-sched --debug COMMAND ...` (or MLX_SCHED_DEBUG=1)
@@ -41,6 +42,7 @@ COMMANDS = {
     "vlm": ("vlm", "vlm", "mlx_vlm"),
     "demo": ("demo", None, None),
     "plot": ("plot", None, None),
+    "find-lr": ("find_lr", None, None),
 }
 
 

@@ -52,8 +52,17 @@ def parse_args(argv):
 
 def main(argv) -> None:
     """``mlx-sched lm-lora``: ``mlx_lm_lora.train``'s pipeline unchanged, trained by us."""
+    run(parse_args(argv), argv)
+
+
+def run(args, argv, train_with=None) -> None:
+    """``mlx_lm_lora.train.run(args)`` with training handed to :class:`MlxLmLoraTraining`.
+
+    ``argv`` is the command line the run was parsed from (for the resume command it
+    prints); ``train_with(training)`` trains the run in place of :func:`start_training`
+    (``mlx-sched find-lr``).
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    args = parse_args(argv)
     if args.train_mode not in MODES:
         raise UserError(
             f"--train-mode {args.train_mode}: not hooked by mlx-sched (untested: its data "
@@ -82,6 +91,8 @@ def main(argv) -> None:
             args.train_mode, schedule, trainer_kwargs, trainer=original, log_dir=log_dir,
             **run_keywords(args), resume_command=continue_with,
         )  # fmt: skip
+        if train_with is not None:
+            return train_with(training)
         start_training(training, args, summary)
 
     # mlx_lm_lora.train seeds mlx only after the LoRA layers are made, so their initial

@@ -130,14 +130,18 @@ def _checked_load_dataset(load_dataset, where: str):
 
 
 def run_lora(
-    args: types.SimpleNamespace, extra_callback=None, continue_with: str | None = None
+    args: types.SimpleNamespace,
+    extra_callback=None,
+    continue_with: str | None = None,
+    train_with=None,
 ) -> RunSummary:
     """Run mlx-lm's LoRA pipeline unchanged, with training handed to :class:`MlxLmTraining`.
 
     ``extra_callback`` (a ``TrainingCallback``) gets mlx-lm's reports after the
     ``--report-to`` ones. ``continue_with`` is the command a stopped run prints
-    (default: this command line with ``--resume``). Returns what to tell the user at
-    the end (:meth:`RunSummary.finished` says nothing if it did not train).
+    (default: this command line with ``--resume``). ``train_with(training)`` trains the
+    run in place of ``training.train()`` (``mlx-sched find-lr``). Returns what to tell the
+    user at the end (:meth:`RunSummary.finished` says nothing if it did not train).
     """
     from mlx_lm import cli_ui, lora
 
@@ -185,7 +189,9 @@ def run_lora(
             training_callback=_chain(training_callback, extra_callback),
             resume_command=continue_with,
         )
-        start_training(training, run_args, summary, before_training=save_held_configs)
+        start_training(
+            training, run_args, summary, before_training=save_held_configs, train_with=train_with
+        )
 
     run_args = args
     console = cli_ui.make_console if colour_wanted() else plain_console

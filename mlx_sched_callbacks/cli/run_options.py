@@ -161,7 +161,7 @@ def resume_command(argv=None) -> str:
     return shlex.join(["mlx-sched", *argv])
 
 
-def start_training(training, options, summary, before_training=None) -> None:
+def start_training(training, options, summary, before_training=None, train_with=None) -> None:
     """Resume if asked and train; a stop or a refused resume ends with a short summary.
 
     The command prints ``summary.finished()`` once the trainer's pipeline has returned
@@ -180,7 +180,7 @@ def start_training(training, options, summary, before_training=None) -> None:
     if before_training is not None:
         before_training()
     try:
-        training.train()
+        (train_with or type(training).train)(training)
     except TrainingStopped as stop:
         summary.stopped(stop)
         raise

@@ -74,8 +74,21 @@ def _parser_with_our_options(build_parser):
 def main(argv=None) -> None:
     """``mlx-sched vlm``: mlx-vlm's pipeline, training handed to :class:`MlxVlmTraining`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    run(*parse_args(argv), argv)
+
+
+def parse_args(argv) -> tuple:
+    """``(options, settings)`` as ``python -m mlx_vlm.train`` parses them, with our flags."""
     with replaced(mlx_vlm_cli, "build_parser", _parser_with_our_options(mlx_vlm_cli.build_parser)):
-        options, settings = mlx_vlm_cli.parse_args(argv)
+        return mlx_vlm_cli.parse_args(argv)
+
+
+def run(options, settings, argv, train_with=None) -> None:
+    """mlx-vlm's ``run(options, settings)``, training handed to :class:`MlxVlmTraining`.
+
+    ``train_with(training)`` trains the run in place of :func:`start_training`
+    (``mlx-sched find-lr``).
+    """
     try:
         schedule = schedule_from_config(options.lr_schedule, options.learning_rate)
     except (TypeError, ValueError) as error:
@@ -96,6 +109,9 @@ def main(argv=None) -> None:
             log_dir=log_dir, **run_keywords(options),
             training_callback=training_callback, resume_command=continue_with,
         )  # fmt: skip
+        if train_with is not None:
+            train_with(training)
+            return {}
         start_training(training, options, summary)
         return {}
 

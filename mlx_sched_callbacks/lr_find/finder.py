@@ -1,47 +1,48 @@
-"""The learning-rate range test for a hand-written MLX loop, its outputs, and the schedule it
-suggests.
+"""The learning-rate range test for a hand-written MLX loop, and the schedule it suggests.
 
-:func:`find_lr` sets ``optimizer.learning_rate`` before each update from a rising ramp,
-calls the user's ``step()`` (one update on the next batch, returning the loss), and stops
-when the loss diverges, when it is not finite, or on SIGINT/SIGTERM (politely: the updates
-measured so far are kept and written). :func:`write_outputs` writes ``lr_find.json``,
-``lr_find.png`` (with matplotlib) and a TensorBoard run. :func:`suggested_schedule` and
-:func:`lr_schedule_yaml` turn a suggested rate into mlx-lm's ``lr_schedule`` config.
+:class:`Measurement` takes the loss of each update as it comes, smooths it and says when
+to stop; every form of the test (this loop, a :class:`~mlx_sched_callbacks.run.TrainingRun`
+in :mod:`.run`) measures through it. :func:`find_lr_with_step` sets
+``optimizer.learning_rate`` before each update from a rising ramp, calls the user's
+``step()`` (one update on the next batch, returning the loss), and stops when the loss
+diverges, when it is not finite, or on SIGINT/SIGTERM (politely: the updates measured so
+far are kept and written). :func:`suggested_schedule` and :func:`lr_schedule_yaml` turn a
+suggested rate into mlx-lm's ``lr_schedule`` config.
 
 The model is trained by the test, as in any range test, and ends far from where it
 started (often diverged): re-initialise it, or restore a copy of its weights and of the
-optimizer state, before training for real. ``find_lr`` puts back only the optimizer's
+optimizer state, before training for real. The test puts back only the optimizer's
 learning rate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import numbers
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlx.optimizers as optim
 import numpy as np
 
-from .._files import write_bytes_atomic, write_json_atomic
 from ..callback.hyperparameters import _callable_rate_optimizers
-from ..events import EventWriter
 from ..stopping import DEFAULT_SIGNALS, StopSignals, signal_name
 from . import curve
+from .outputs import PLOT_HINT, write_outputs
+
+__all__ = [
+    "PLOT_HINT",
+    "LRFindResult",
+    "Measurement",
+    "find_lr_with_step",
+    "lr_schedule_yaml",
+    "suggested_schedule",
+]
 
 FORMAT = "mlx_sched_callbacks.lr_find"
 VERSION = 1
-JSON_NAME = "lr_find.json"
-PNG_NAME = "lr_find.png"
-TENSORBOARD_DIR = "tensorboard"
-TAGS = {"rate": "lr_find/rate", "loss": "lr_find/loss", "smoothed_loss": "lr_find/smoothed_loss"}
-PLOT_HINT = 'pip install "mlx-sched-callbacks[plot]"'
 # The largest float32: the optimizer keeps its rate in float32, where a larger one is inf.
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -135,7 +136,91 @@ def _loss_value(value, update: int) -> float:
         ) from None
 
 
-def find_lr(
+class Measurement:
+    """A range test's settings checked, and its losses taken one update at a time.
+
+    ``rates`` is the ramp (float64), one rate per planned update. :meth:`add` takes the
+    loss of the next update and returns why to stop after it (``"diverged"``,
+    ``"loss_not_finite"``) or ``None``; :meth:`result` is what was measured so far.
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-7,
+        max_lr: float = 1.0,
+        num_steps: int = 100,
+        mode: str = "exponential",
+        divergence: float | None = 4.0,
+        suggest: str = "valley",
+    ):
+        self.rates = curve.ramp_rates(min_lr, max_lr, num_steps, mode)
+        if self.rates[-1] > _FLOAT32_MAX:
+            raise ValueError(
+                f"max_lr must be finite in float32 (<= 3.4e38), got max_lr={max_lr!r}."
+            )
+        self.watch = curve.DivergenceWatch(divergence)
+        if suggest not in curve.RULES:
+            raise ValueError(
+                f"suggest must be one of {list(curve.RULES)}, got suggest={suggest!r}."
+            )
+        self.suggest = suggest
+        self.smoother = curve.Smoother()
+        self.settings = {
+            "min_lr": float(min_lr),
+            "max_lr": float(max_lr),
+            "num_steps": int(num_steps),
+            "mode": mode,
+            "divergence": self.watch.divergence,
+            "beta": self.smoother.beta,
+            "skip_begin": int(num_steps) // 10,
+            "skip_end": curve.SKIP_END,
+        }
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.reason: str | None = None
+        self.detail = ""
+
+    @property
+    def updates(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: float) -> str | None:
+        """Take the loss of the next update; return why the test stops after it, if it does."""
+        i, rate = len(self.losses), self.rates[len(self.losses)]
+        self.losses.append(loss)
+        self.smoothed.append(self.smoother.update(loss))
+        best = self.watch.best
+        self.reason = self.watch.check(loss, self.smoothed[-1])
+        where = f"at update {i + 1} (rate {rate:.4g})"
+        if self.reason == "loss_not_finite":
+            self.detail = f"the loss {loss!r} {where} is not finite"
+        elif self.reason == "diverged":
+            self.detail = (
+                f"the smoothed loss {self.smoothed[-1]:.6g} {where} is above "
+                f"{self.watch.divergence:g} x the best before it, {best:.6g}"
+            )
+        return self.reason
+
+    def stopped_by_signal(self, signum: int, update: int) -> None:
+        self.reason, self.detail = "signal", f"{signal_name(signum)} during update {update}"
+
+    def result(self) -> LRFindResult:
+        made = len(self.losses)
+        return LRFindResult(
+            rate=self.rates[:made].copy(),
+            loss=np.array(self.losses, dtype=np.float64),
+            smoothed_loss=np.array(self.smoothed, dtype=np.float64),
+            suggestions=curve.suggest(
+                self.rates[:made], self.smoothed, num_steps=self.settings["num_steps"]
+            ),
+            chosen=self.suggest,
+            settings=dict(self.settings),
+            reason=self.reason,
+            detail=self.detail,
+        )
+
+
+def find_lr_with_step(
     step,
     optimizer,
     *,
@@ -167,147 +252,27 @@ def find_lr(
     """
     if not callable(step):
         raise TypeError(f"find_lr: step must be a callable making one update, got {step!r}.")
-    rates = curve.ramp_rates(min_lr, max_lr, num_steps, mode)
-    if rates[-1] > _FLOAT32_MAX:
-        raise ValueError(f"max_lr must be finite in float32 (<= 3.4e38), got max_lr={max_lr!r}.")
-    watch = curve.DivergenceWatch(divergence)
-    if suggest not in curve.RULES:
-        raise ValueError(f"suggest must be one of {list(curve.RULES)}, got suggest={suggest!r}.")
+    measurement = Measurement(min_lr, max_lr, num_steps, mode, divergence, suggest)
     parts = _check_optimizer(optimizer)
-    smoother = curve.Smoother()
-    losses, smoothed = [], []
-    reason, detail = None, ""
     signals = StopSignals(stop_signals) if stop_signals else None
     original_rates = [part.learning_rate for part in parts]
     try:
         with signals or contextlib.nullcontext():
-            for i, rate in enumerate(rates):
+            for i, rate in enumerate(measurement.rates):
                 optimizer.learning_rate = float(rate)
-                loss = _loss_value(step(), i + 1)
-                losses.append(loss)
-                smoothed.append(smoother.update(loss))
-                best = watch.best
-                reason = watch.check(loss, smoothed[-1])
-                where = f"at update {i + 1} (rate {rate:.4g})"
-                if reason == "loss_not_finite":
-                    detail = f"the loss {loss!r} {where} is not finite"
-                    break
-                if reason == "diverged":
-                    detail = (
-                        f"the smoothed loss {smoothed[-1]:.6g} {where} is above "
-                        f"{watch.divergence:g} x the best before it, {best:.6g}"
-                    )
+                if measurement.add(_loss_value(step(), i + 1)):
                     break
                 signum = signals.agreed() if signals else None
                 if signum:
-                    reason, detail = "signal", f"{signal_name(signum)} during update {i + 1}"
+                    measurement.stopped_by_signal(signum, i + 1)
                     break
     finally:
         for part, original in zip(parts, original_rates):
             part.learning_rate = original
-    made = len(losses)
-    result = LRFindResult(
-        rate=rates[:made].copy(),
-        loss=np.array(losses, dtype=np.float64),
-        smoothed_loss=np.array(smoothed, dtype=np.float64),
-        suggestions=curve.suggest(rates[:made], smoothed, num_steps=num_steps),
-        chosen=suggest,
-        settings={
-            "min_lr": float(min_lr),
-            "max_lr": float(max_lr),
-            "num_steps": int(num_steps),
-            "mode": mode,
-            "divergence": watch.divergence,
-            "beta": smoother.beta,
-            "skip_begin": int(num_steps) // 10,
-            "skip_end": curve.SKIP_END,
-        },
-        reason=reason,
-        detail=detail,
-    )
+    result = measurement.result()
     if out is not None:
         write_outputs(result, out)
     return result
-
-
-def write_outputs(result: LRFindResult, out: str | os.PathLike) -> dict:
-    """Write ``lr_find.json``, ``lr_find.png`` and ``tensorboard/`` into ``out`` (created).
-
-    The JSON is written atomically and holds no time or path, so equal results give equal
-    bytes. The TensorBoard run has ``lr_find/rate``, ``lr_find/loss`` and
-    ``lr_find/smoothed_loss`` at x = update (1-based); a run written again into the same
-    folder hides the earlier one. Without matplotlib the PNG is skipped with a one-line hint
-    on stderr. Returns (and stores in ``result.outputs``) the paths written, ``None`` for a
-    skipped PNG, and the hint under ``"note"``.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = {"json": str(out / JSON_NAME), "png": None, "tensorboard": str(out / TENSORBOARD_DIR)}
-    write_json_atomic(out / JSON_NAME, result.to_dict())
-    # The restart marker at step 1 hides an earlier test's points written to the same run.
-    writer = EventWriter(out / TENSORBOARD_DIR, start_step=1)
-    try:
-        for i in range(len(result.rate)):
-            writer.add_scalar(TAGS["rate"], float(result.rate[i]), i + 1)
-            writer.add_scalar(TAGS["loss"], float(result.loss[i]), i + 1)
-            writer.add_scalar(TAGS["smoothed_loss"], float(result.smoothed_loss[i]), i + 1)
-    finally:
-        writer.close()
-    try:
-        figure = plot_result(result)
-    except ImportError:
-        outputs["note"] = (
-            f"lr_find: {out / PNG_NAME} not drawn, matplotlib is not installed: {PLOT_HINT}"
-        )
-        print(outputs["note"], file=sys.stderr, flush=True)
-    else:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        png = io.BytesIO()
-        FigureCanvasAgg(figure).print_png(png)
-        write_bytes_atomic(out / PNG_NAME, png.getvalue())
-        outputs["png"] = str(out / PNG_NAME)
-    result.outputs = outputs
-    return outputs
-
-
-def plot_result(result: LRFindResult):
-    """A matplotlib ``Figure``: loss and smoothed loss against the rate (log x), each
-    suggestion a vertical line, the chosen one red and solid. Needs matplotlib."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = figure.add_subplot()
-    ax.plot(result.rate, result.loss, color="0.7", linewidth=0.8, label="loss")
-    ax.plot(result.rate, result.smoothed_loss, color="C0", linewidth=1.6, label="smoothed loss")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss")
-    # The y range leaves out the last updates, which the rules do not read either: their
-    # blow-up would flatten the part of the curve where the choice is made.
-    shown = slice(0, max(1, len(result.rate) - result.settings["skip_end"]))
-    values = np.concatenate([result.loss[shown], result.smoothed_loss[shown]])
-    values = values[np.isfinite(values)]
-    if len(values):
-        low, high = float(values.min()), float(values.max())
-        margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
-        ax.set_ylim(low - margin, high + margin)
-    colors = {"valley": "C2", "steep": "C1", "minimum": "C4"}
-    for name, suggestion in result.suggestions.items():
-        if suggestion.rate is None:
-            continue
-        chosen = name == result.chosen
-        ax.axvline(
-            suggestion.rate,
-            color="red" if chosen else colors.get(name, "C3"),
-            linestyle="-" if chosen else "--",
-            linewidth=2.0 if chosen else 1.0,
-            label=f"{name} {suggestion.rate:.3g}" + (" (chosen)" if chosen else ""),
-        )
-    stop = f", stopped: {result.reason}" if result.reason else ""
-    ax.set_title(f"learning-rate range test, {len(result.rate)} updates{stop}")
-    ax.legend(loc="best", fontsize="small")
-    return figure
 
 
 def _check_number(name: str, value, minimum: float, strict: bool) -> float:
