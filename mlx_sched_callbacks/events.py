@@ -188,6 +188,10 @@ class EventWriter:
         crc = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # masked_crc32c, inlined
         self._file.write(header + data + _PACK_U32(crc))
 
+    def add_summary(self, summary, step: int) -> None:
+        """Write a ``Summary`` proto (text, a custom-scalars layout) as one event."""
+        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         """Write one point: the bytes tensorboardX's ``Event`` proto would give."""
         summary = self._summary_fields.get(tag)

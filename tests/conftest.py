@@ -6,6 +6,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -13,9 +14,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def run_folder(log_dir):
+    """The folder of the run's event files: ``log_dir``, or the one run folder inside it (the
+    commands write to ``ADAPTER/tensorboard/<name>`` so that TensorBoard names the run)."""
+    log_dir = Path(log_dir)
+    if log_dir.is_dir() and not any(log_dir.glob("events.out.tfevents.*")):
+        runs = [p for p in log_dir.iterdir() if any(p.glob("events.out.tfevents.*"))]
+        if len(runs) == 1:
+            return runs[0]
+    return log_dir
+
+
 def read_scalars(log_dir, tag="train/learning_rate"):
     """``[(step, value), ...]`` as TensorBoard's own reader sees them."""
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator = EventAccumulator(str(run_folder(log_dir)), size_guidance={"scalars": 0})
     accumulator.Reload()
     if tag not in accumulator.Tags()["scalars"]:
         return []
@@ -45,12 +57,15 @@ def get_json(url):
         return json.loads(response.read())
 
 
-def served_scalars(command, tag="train/learning_rate", want=1, cwd=None, timeout=120):
+def served_scalars(
+    command, tag="train/learning_rate", want=1, cwd=None, timeout=120, run=".", also=()
+):
     """``(tags, rows)`` from a real TensorBoard server started as ``command``.
 
     ``command`` is the server's command line without ``--host`` and ``--port``
-    (a free port on 127.0.0.1 is added); waits until run "." serves ``want`` rows
-    of ``tag`` (``[wall_time, step, value]`` each).
+    (a free port on 127.0.0.1 is added); waits until ``run`` serves ``want`` rows
+    of ``tag`` (``[wall_time, step, value]`` each). ``also``: more ``/data/...`` paths
+    whose JSON is fetched then, into ``served_scalars.also``.
     """
     port = free_port()
     command = [*command, "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
@@ -58,16 +73,18 @@ def served_scalars(command, tag="train/learning_rate", want=1, cwd=None, timeout
         command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    query = urllib.parse.urlencode({"run": ".", "tag": tag})
+    query = urllib.parse.urlencode({"run": run, "tag": tag})
     tags, rows = None, None
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 tags = get_json(f"{base}/tags")
-                if tag in tags.get(".", {}):
+                if tag in tags.get(run, {}):
                     rows = get_json(f"{base}/scalars?{query}")
                     if len(rows) >= want:
+                        root = f"http://127.0.0.1:{port}"
+                        served_scalars.also = [get_json(root + path) for path in also]
                         break
             except OSError:
                 pass

@@ -79,7 +79,7 @@ def test_demo_says_where_everything_is(demo):
         "data:": "mlx-sched-demo/data",
         "adapters:": "mlx-sched-demo/adapters/adapters.safetensors",
         "checkpoints:": "mlx-sched-demo/adapters/checkpoints",
-        "TensorBoard:": "mlx-sched-demo/tensorboard",
+        "TensorBoard:": "mlx-sched-demo/tensorboard/demo",
     }
     for label, path in where.items():
         assert printed_after(out, label) == path
@@ -96,8 +96,21 @@ def test_demo_tensorboard_command_as_printed_serves_the_curves(demo):
     assert command == "tensorboard --logdir mlx-sched-demo/tensorboard"
     # As printed, from the folder the demo ran in; a free port on loopback, as the
     # default port 6006 may be taken on a shared machine.
-    tags, rows = served_scalars(shlex.split(command), want=40, cwd=cwd)
-    assert {"train/learning_rate", "train/loss", "val/loss"} <= set(tags["."]), tags
+    text = "/data/plugin/text/text?run=demo&tag=run%2Fdescription"
+    layout = "/data/plugin/custom_scalars/layout"
+    tags, rows = served_scalars(
+        shlex.split(command), want=40, cwd=cwd, run="demo", also=[text, layout]
+    )
+    # The run is listed by name, not as ".", and explains itself once.
+    assert list(tags) == ["demo"]
+    assert {"train/learning_rate", "train/loss", "val/loss", "train/grad_norm"} <= set(tags["demo"])
+    (description,), layout = served_scalars.also
+    assert description["step"] == 0 and "mlx-sched demo --iters 40" in description["text"]
+    for needle in ("warmup", "cosine_decay", "mlx-lm", "mlx-sched-callbacks", "learning_rate"):
+        assert needle in description["text"], needle
+    charts = [c for category in layout["category"] for c in category["chart"]]
+    loss = next(c for c in charts if c["title"] == "loss")
+    assert loss["multiline"]["tag"][:2] == ["train/loss", "val/loss"]
     schedule = demo_schedule(40)
     assert [step for _, step, _ in rows] == list(range(1, 41))
     assert [value for _, _, value in rows] == [float(np.float32(schedule(s))) for s in range(40)]

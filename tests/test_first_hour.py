@@ -77,7 +77,7 @@ def test_lora_example_ends_with_where_everything_is(lora_run):
     assert summary_paths(out) == {
         "adapters:": f"{folder}/adapters.safetensors",
         "checkpoints:": f"{folder}/checkpoints",
-        "TensorBoard:": f"{folder}/tensorboard",
+        "TensorBoard:": f"{folder}/tensorboard/lora-adapters",
     }
     for path in summary_paths(out).values():
         assert (cwd / path).exists(), path
@@ -97,8 +97,8 @@ def test_lora_summary_commands_run(lora_run):
     cwd, result = lora_run
     out = result.stdout
     command = printed_after(out, "See the curves:")
-    tags, rows = served_scalars(shlex.split(command), want=20, cwd=cwd)
-    assert {"train/learning_rate", "train/loss", "val/loss"} <= set(tags["."]), tags
+    tags, rows = served_scalars(shlex.split(command), want=20, cwd=cwd, run="lora-adapters")
+    assert {"train/learning_rate", "train/loss", "val/loss"} <= set(tags["lora-adapters"]), tags
     generate, fuse = [line.removeprefix("Next: ") for line in out.splitlines() if "Next: " in line]
     assert generate.startswith("mlx_lm.generate --model mlx-sched-demo/model --adapter-path ")
     assert fuse.startswith("mlx_lm.fuse --model mlx-sched-demo/model --adapter-path ")
@@ -124,7 +124,7 @@ def test_a_polite_stop_says_where_the_checkpoint_is_and_its_command_resumes(buil
     stop = re.search(r"Stopped after iteration (\d+); checkpoint: (\S+)", out)
     assert stop, out[-800:]
     assert Path(stop[2]).is_dir() and Path(stop[2]).parent == folder / "checkpoints"
-    assert printed_after(out, "TensorBoard:") == str(folder / "tensorboard")
+    assert printed_after(out, "TensorBoard:") == str(folder / "tensorboard" / folder.name)
     command = printed_after(out, "Continue with:")
     assert command.endswith("--resume") and "Done." not in out
     resumed = run(command, cwd=cwd)

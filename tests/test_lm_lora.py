@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import yaml
-from conftest import read_scalars
+from conftest import read_scalars, run_folder
 
 from mlx_sched_callbacks.cli.run_options import schedule_from_config
 
@@ -116,7 +116,7 @@ def assert_same_arrays(path_a, path_b):
 def tags(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator = EventAccumulator(str(run_folder(log_dir)), size_guidance={"scalars": 0})
     accumulator.Reload()
     return set(accumulator.Tags()["scalars"])
 

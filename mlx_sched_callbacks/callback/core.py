@@ -154,7 +154,11 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
     @schedule.setter
     def schedule(self, schedule: schedules.Schedule) -> None:
         self._schedule = schedule
-        self._cache_start, self._cache_rates = 0, []  # refilled at the next step
+        self._cache_start, self._cache_rates, self._fast_steps = (
+            0,
+            [],
+            0,
+        )  # refilled at the next step
         # A phase with state (reduce_on_plateau) can change the rates of later
         # steps at any time: those rates are computed one step at a time.
         self._cache_steps = 1 if _has_state(schedule) else _CACHE_STEPS
@@ -170,7 +174,11 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
         # sets each part) get the setter called.
         setter = getattr(type(optimizer), "learning_rate", None)
         self._store_directly = setter is optim.Optimizer.learning_rate
-        self._cache_start, self._cache_rates = 0, []  # refilled at the next step
+        self._cache_start, self._cache_rates, self._fast_steps = (
+            0,
+            [],
+            0,
+        )  # refilled at the next step
 
     def _fill_cache(self) -> None:
         # The rates of the next steps and the float32 arrays the optimizer will
@@ -191,18 +199,25 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
         self._cache_start, self._cache_rates = start, rates
         # What `optimizer.learning_rate = rate` stores: mx.array(rate), float32, shape ().
         self._cache_arrays = [mx.array(rate) for rate in rates] if self._store_directly else []
+        # The dict the rate goes into, looked up once per refill (the optimizer's state
+        # property is a call); on_step_begin's short path serves the steps cached.
+        self._state = self._optimizer.state
+        self._fast_steps = len(self._cache_arrays) if not self._extras else 0
 
     def on_step_begin(self) -> float:
         """Set ``optimizer.learning_rate`` for the coming update and return it."""
-        self._rate_set_for = self.step
+        step = self._rate_set_for = self.step
+        i = step - self._cache_start
+        if 0 <= i < self._fast_steps:  # the common case, kept short: it runs every update
+            self._state["learning_rate"] = self._cache_arrays[i]
+            return self._cache_rates[i]
         if self._extras:
             return self._set_extras()
-        i = self.step - self._cache_start
         if not 0 <= i < len(self._cache_rates):
             self._fill_cache()
             i = 0
         if self._store_directly:
-            self._optimizer.state["learning_rate"] = self._cache_arrays[i]
+            self._state["learning_rate"] = self._cache_arrays[i]
         else:
             self._optimizer.learning_rate = self._cache_rates[i]
         return self._cache_rates[i]
@@ -228,10 +243,11 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
         With the non-finite guard on, an update that was skipped is counted apart: the
         schedule stays where it was, and the x-axis (updates made) moves on.
         """
-        if self._watch is not None and self._watch.skipped():
-            return self._skipped()
+        if self._watch is not None:
+            if self._watch.skipped():
+                return self._skipped()
+            self.skips_in_a_row = 0
         self.step += 1
-        self.skips_in_a_row = 0
         update = self.step + self.skipped_updates
         if update % self.log_every == 0 and self.log_dir is not None:
             self._log_update(update)

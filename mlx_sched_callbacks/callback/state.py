@@ -84,7 +84,7 @@ class CallbackState:
         self.step = step
         self.skipped_updates, self.skips_in_a_row = skips
         self._next_file_start = step + self.skipped_updates + 1
-        self._cache_start, self._cache_rates = 0, []
+        self._cache_start, self._cache_rates, self._fast_steps = 0, [], 0
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``state_dict()`` to ``path`` as JSON, atomically."""

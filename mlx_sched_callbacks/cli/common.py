@@ -181,4 +181,5 @@ def colour_codes_off(*classes):
 
 
 def tensorboard_command(log_dir) -> str:
-    return shlex.join(["tensorboard", "--logdir", str(log_dir)])
+    """The command that lists the run by its folder's name (its parent is TensorBoard's root)."""
+    return shlex.join(["tensorboard", "--logdir", str(Path(log_dir).parent)])

@@ -123,7 +123,7 @@ def main(argv) -> None:
         "--num-layers", "2", "--batch-size", "4", "--iters", str(args.iters),
         "--steps-per-report", str(DEMO_REPORT_EVERY), "--steps-per-eval", "50",
         "--val-batches", "5", "--save-every", str(DEMO_SAVE_EVERY),
-        "--adapter-path", str(out / "adapters"), "--log-dir", str(out / "tensorboard"),
+        "--adapter-path", str(out / "adapters"), "--log-dir", str(out / "tensorboard" / "demo"),
         "--learning-rate", "1e-3",  # the peak, for mlx-lm's header; the callback sets the rate
     ]  # fmt: skip
     if args.resume:

@@ -113,6 +113,7 @@ def run_keywords(options) -> dict:
     guard = options.max_skipped_updates
     return {
         "keep_checkpoints": options.keep_checkpoints,
+        "run_config": dict(sorted(vars(options).items())),
         "early_stopping_patience": options.early_stopping_patience,
         "early_stopping_threshold": options.early_stopping_threshold,
         "log_grad_norm": True,
@@ -135,7 +136,16 @@ def schedule_from_config(lr_schedule, learning_rate: float):
 
 
 def log_dir_for(run_folder: str | Path, log_dir: str | None) -> str:
-    return log_dir or str(Path(run_folder) / "tensorboard")
+    """``--log-dir``, or ``RUN_FOLDER/tensorboard/<run folder's name>``: a folder of its own,
+    so that TensorBoard lists the run by that name (events at the root of the folder it is
+    given show as "."). A run whose events already sit at ``RUN_FOLDER/tensorboard`` (from
+    an earlier release) keeps them there, so a resume draws one curve."""
+    if log_dir:
+        return log_dir
+    root = Path(run_folder) / "tensorboard"
+    if any(root.glob("events.out.tfevents.*")):
+        return str(root)
+    return str(root / (Path(run_folder).resolve().name or "run"))
 
 
 def hold_before_loading(run_folder: str | Path, log_dir: str) -> None:

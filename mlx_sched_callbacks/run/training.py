@@ -46,13 +46,14 @@ from ..callback import LRScheduleCallback
 from ..callback.gradients import NonFiniteGradientError
 from ..stopping import DEFAULT_SIGNALS, StopSignals
 from .best import BestAdapter, checked_patience, checked_threshold
+from .describe import Describes
 from .reports import Reports
 from .resume import Resume
 from .saving import Saving
 from .stops import Stopping, _Stop
 
 
-class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter):
+class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter, Describes):
     """One training run of a trainer that pulls one batch per iteration, under a schedule.
 
     ``args`` carries mlx-lm's ``TrainingArgs`` fields: ``iters`` (the whole run),
@@ -92,6 +93,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter):
         write_checkpoints: bool = True,
         early_stopping_patience: int | None = None,
         early_stopping_threshold: float = 0.0,
+        run_config: dict | None = None,
         **gradients,
     ):
         k = args.grad_accumulation_steps
@@ -113,6 +115,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter):
         self.stop_signals = tuple(stop_signals)
         self.resume_command = resume_command
         self.write_checkpoints = write_checkpoints
+        self.run_config = run_config
         self.early_stopping_patience = checked_patience(early_stopping_patience)
         self.early_stopping_threshold = checked_threshold(early_stopping_threshold)
         self.rank = mx.distributed.init().rank()
@@ -211,6 +214,7 @@ class TrainingRun(Resume, Stopping, Saving, Reports, BestAdapter):
             self.callback.gradient_watch.reset()
         stopped = None
         with self.callback, StopSignals(self.stop_signals) as self._signals:
+            self._describe()  # nothing is trained yet: a failure here is a plain error
             try:
                 while self.iteration < stop:
                     self._start_iteration = self.iteration

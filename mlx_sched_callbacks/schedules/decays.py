@@ -98,12 +98,15 @@ class cosine_decay(Schedule):  # noqa: N801
         # cache): the step-free parts out of the loop.
         cos, n, init, end = math.cos, self.decay_steps, self.init, self.end
         span, frequency = init - end, math.pi / self.decay_steps
+        lo, hi = min(init, end), max(init, end)
+        # _clip inlined (a call per step is a third of the time here); the same floats.
         return [
-            _clip(end + 0.5 * (1.0 + cos(frequency * s)) * span, init, end)
+            (v if lo <= (v := end + 0.5 * (1.0 + cos(frequency * s)) * span) <= hi else
+             lo if v < lo else hi)
             if 0 < s < n
             else (init if s == 0 else end)
             for s in range(start, stop)
-        ]
+        ]  # fmt: skip
 
     def _array(self, step, xp):
         s = xp.minimum(step, self.decay_steps)
