@@ -260,8 +260,20 @@ def test_a_fresh_run_in_a_used_folder_sets_the_old_checkpoints_aside(tiny, tmp_p
     old.train()
     fresh, _ = build(*tiny, tmp_path, iters=20, save_every=10)
     fresh.train(until=10)  # then "killed": a resume must continue this run, not the old one
-    assert "Moved 2 checkpoint(s) of an earlier run past iteration 0" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "Moved 2 checkpoint(s) and 4 adapter file(s) of an earlier run past iteration 0" in said
     (aside,) = (tmp_path / "checkpoints").glob("superseded-*")
-    assert sorted(p.name for p in aside.iterdir()) == ["step_000000010", "step_000000020"]
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "0000010_adapters.safetensors", "0000020_adapters.safetensors",
+        "best_adapters.json", "best_adapters.safetensors", "step_000000010", "step_000000020",
+    ]  # fmt: skip
+    # This run's own numbered adapter, and no earlier one, beside its adapters.
+    assert sorted(p.name for p in tmp_path.glob("[0-9]*_adapters.safetensors")) == [
+        "0000010_adapters.safetensors"
+    ]
+    for _ in range(4):  # more fresh starts: only the newest 3 set-aside folders stay
+        build(*tiny, tmp_path, iters=20, save_every=10)[0].train(until=10)
+    assert len(list((tmp_path / "checkpoints").glob("superseded-*"))) == 3
+    assert "removed the oldest 1 set aside" in capsys.readouterr().out
     again, _ = build(*tiny, tmp_path, iters=20, save_every=10)
     assert again.resume() == 10

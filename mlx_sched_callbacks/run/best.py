@@ -69,6 +69,10 @@ class BestAdapter:
     def best_adapter_file(self) -> Path:
         return self.adapter_dir / BEST_ADAPTERS
 
+    @property
+    def _best_info_file(self) -> Path:
+        return self.adapter_dir / BEST_INFO
+
     def _after_validation(self, iteration: int, val_loss: float) -> None:
         best = None if self.best is None else self.best["val_loss"]
         if best is None or (val_loss < best and best - val_loss > self.early_stopping_threshold):

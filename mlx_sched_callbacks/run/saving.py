@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from mlx.utils import tree_flatten
 from .._files import write_bytes_atomic
 from .checkpoint import list_checkpoints, prune_checkpoints, save_optimizer_state, write_checkpoint
 from .state import TRAINER_STATE, TRAINER_STATE_VERSION, mx_random_key
+
+# A fresh start in a used folder sets the earlier run aside in checkpoints/superseded-*;
+# this many of those folders are kept, the newest.
+SET_ASIDE = "superseded-"
+KEEP_SET_ASIDE = 3
 
 
 class Saving:
@@ -84,20 +90,36 @@ class Saving:
             write_bytes_atomic(numbered, data)
 
     def _set_aside_later_checkpoints(self) -> None:
-        # Checkpoints past the point this run starts from belong to an earlier run
-        # (a fresh start in a used folder): left in place, a later resume would pick
-        # them up. Moved aside, not deleted.
+        # What lies past the point this run starts from belongs to an earlier run (a fresh
+        # start in a used folder): its checkpoints (a later resume would pick them up), its
+        # numbered adapters and its best adapter. Moved aside together, not deleted; only
+        # the newest KEEP_SET_ASIDE such folders are kept.
         later = [f for step, f in list_checkpoints(self.checkpoint_dir) if step > self.iteration]
-        if not later or self.rank != 0:
+        adapters = [
+            path
+            for path in self.adapter_dir.glob("[0-9]" * 7 + "_adapters.safetensors")
+            if int(path.name[:7]) > self.iteration
+        ]
+        if self.iteration == 0:
+            adapters += [p for p in (self.best_adapter_file, self._best_info_file) if p.is_file()]
+        if not (later or adapters) or self.rank != 0:
             return
-        aside = self.checkpoint_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.mkdir()
-        for folder in later:
-            os.replace(folder, aside / folder.name)
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside, n = self.checkpoint_dir / f"{SET_ASIDE}{stamp}", 0
+        while aside.exists():  # a second fresh start within the second
+            n += 1
+            aside = self.checkpoint_dir / f"{SET_ASIDE}{stamp}-{n}"
+        aside.mkdir(parents=True)
+        for path in later + adapters:
+            os.replace(path, aside / path.name)
+        dropped = sorted(self.checkpoint_dir.glob(f"{SET_ASIDE}*"))[:-KEEP_SET_ASIDE]
+        for folder in dropped:
+            shutil.rmtree(folder, ignore_errors=True)
+        dropped = f"; removed the oldest {len(dropped)} set aside" if dropped else ""
         print(
-            f"Moved {len(later)} checkpoint(s) of an earlier run past iteration "
-            f"{self.iteration} to {aside}. Starting a fresh run; to continue the earlier one "
-            f"instead, stop this run, move them back into {self.checkpoint_dir} and resume "
-            "(--resume).",
+            f"Moved {len(later)} checkpoint(s) and {len(adapters)} adapter file(s) of an earlier "
+            f"run past iteration {self.iteration} to {aside} (the newest {KEEP_SET_ASIDE} such "
+            f"folders are kept{dropped}). Starting a fresh run; to continue the earlier one "
+            f"instead, stop this run, move them back and resume (--resume).",
             flush=True,
         )
