@@ -300,7 +300,7 @@ def test_argparse_errors_are_one_line(tiny):
     unknown = mlx_sched("nope")
     assert unknown.returncode == 2 and unknown.stderr.splitlines() == [
         "mlx-sched: error: unknown command 'nope'; the commands are lora, lm-lora, vlm, demo, "
-        "plot (see mlx-sched --help)"
+        "plot, find-lr (see mlx-sched --help)"
     ]
 
 
