@@ -21,6 +21,9 @@ ROWS = [
     "| traces of an `mx.compile`d step over 200 steps | rate changing every step: 1 "
     "| constant rate: 1 |",
     "| tiny-llama LoRA iteration",
+    "| the same with the gradient norm in its compiled step",
+    "| the same with the gradient norm and the non-finite guard",
+    "| Ours, a step it does not log, non-finite guard on",
     "| traces stay at the baseline | 1 vs 1 | yes |",
 ]
 HAS_TORCH = importlib.util.find_spec("torch") is not None

@@ -96,7 +96,7 @@ def test_demo_tensorboard_command_as_printed_serves_the_curves(demo):
     assert command == "tensorboard --logdir mlx-sched-demo/tensorboard"
     # As printed, from the folder the demo ran in; a free port on loopback, as the
     # default port 6006 may be taken on a shared machine.
-    text = "/data/plugin/text/text?run=demo&tag=run%2Fdescription"
+    text = "/data/plugin/text/text?run=demo&tag=run%2Fdescription%2Ftext_summary"
     layout = "/data/plugin/custom_scalars/layout"
     tags, rows = served_scalars(
         shlex.split(command), want=40, cwd=cwd, run="demo", also=[text, layout]
@@ -106,7 +106,7 @@ def test_demo_tensorboard_command_as_printed_serves_the_curves(demo):
     assert {"train/learning_rate", "train/loss", "val/loss", "train/grad_norm"} <= set(tags["demo"])
     (description,), layout = served_scalars.also
     assert description["step"] == 0 and "mlx-sched demo --iters 40" in description["text"]
-    for needle in ("warmup", "cosine_decay", "mlx-lm", "mlx-sched-callbacks", "learning_rate"):
+    for needle in ("linear_schedule", "cosine_decay", "mlx-lm", "mlx-sched-callbacks", "iters"):
         assert needle in description["text"], needle
     charts = [c for category in layout["category"] for c in category["chart"]]
     loss = next(c for c in charts if c["title"] == "loss")
