@@ -18,9 +18,9 @@ from .hyperparameters import (
     _FLOAT32_MAX,
     _check_rate,
     _has_state,
-    _schedule_hyperparameter,
     checked_arguments,
     checked_count,
+    store_for,
 )
 from .log import EventLog
 from .state import CallbackState
@@ -91,7 +91,7 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
         self.names = names
         self._extras = []  # (key, schedule, store) for every scalar besides the main rate
         for key, value in {**extras, **(hyperparameters or {})}.items():
-            self._extras.append((key, value, self._store_for(key, parts, names)))
+            self._extras.append((key, value, store_for(self._optimizer, key, parts, names)))
         self._main_rate, self._extra_values = None, [0.0] * len(self._extras)
         self._rate_set_for = -1
         self.log_dir = None if log_dir is None else Path(log_dir)
@@ -124,32 +124,6 @@ class LRScheduleCallback(EventLog, CallbackState, CatchesSignals, WatchesGradien
         """Every schedule the callback follows, by key (``"learning_rate"`` for the main one)."""
         main = {} if self._schedule is None else {"learning_rate": self._schedule}
         return {**main, **{key: schedule for key, schedule, _ in self._extras}}
-
-    def _store_for(self, key: str, parts, names):
-        hyperparameter, _, name = key.partition("/")
-        if parts is None and name:
-            raise ValueError(
-                f"LRScheduleCallback: {key!r} names a sub-optimizer, but the optimizer is "
-                f"a {type(self._optimizer).__name__}, not a MultiOptimizer."
-            )
-        if parts is not None and not name:
-            raise ValueError(
-                f"LRScheduleCallback: with a MultiOptimizer, say which sub-optimizer: "
-                f"'{hyperparameter}/<name>' with a name from {names}, got {key!r}."
-            )
-        if name and name not in names:
-            raise ValueError(
-                f"LRScheduleCallback: {key!r}: no sub-optimizer is named {name!r}; "
-                f"names are {names}."
-            )
-        target = parts[names.index(name)] if name else self._optimizer
-        if hyperparameter == "learning_rate":
-
-            def store(value, target=target):
-                target.learning_rate = value
-
-            return store
-        return _schedule_hyperparameter(target, hyperparameter)
 
     @schedule.setter
     def schedule(self, schedule: schedules.Schedule) -> None:

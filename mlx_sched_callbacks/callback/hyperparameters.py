@@ -236,3 +236,30 @@ def checked_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"LRScheduleCallback: {name} must be an integer >= 1, got {value!r}.")
     return value
+
+
+def store_for(optimizer, key: str, parts, names):
+    """How to set the scheduled scalar ``key`` (``weight_decay``, ``learning_rate/<part>``)."""
+    hyperparameter, _, name = key.partition("/")
+    if parts is None and name:
+        raise ValueError(
+            f"LRScheduleCallback: {key!r} names a sub-optimizer, but the optimizer is "
+            f"a {type(optimizer).__name__}, not a MultiOptimizer."
+        )
+    if parts is not None and not name:
+        raise ValueError(
+            f"LRScheduleCallback: with a MultiOptimizer, say which sub-optimizer: "
+            f"'{hyperparameter}/<name>' with a name from {names}, got {key!r}."
+        )
+    if name and name not in names:
+        raise ValueError(
+            f"LRScheduleCallback: {key!r}: no sub-optimizer is named {name!r}; names are {names}."
+        )
+    target = parts[names.index(name)] if name else optimizer
+    if hyperparameter == "learning_rate":
+
+        def store(value, target=target):
+            target.learning_rate = value
+
+        return store
+    return _schedule_hyperparameter(target, hyperparameter)
