@@ -243,7 +243,8 @@ def test_only_rank_0_writes_tensorboard_and_checkpoints(whole):
     assert rank1["writes"] == []  # nothing under out/: no event file, no checkpoint
     assert sorted(p.name for p in out.iterdir()) == [
         "0000010_adapters.safetensors", "0000020_adapters.safetensors",
-        "adapters.safetensors", "checkpoints", "tensorboard",
+        "adapters.safetensors", "best_adapters.json", "best_adapters.safetensors",
+        "checkpoints", "tensorboard",
     ]  # fmt: skip
     assert checkpoint_folders(out) == ["step_000000010", "step_000000020"]
     assert checkpoints_renamed_into_place(rank0) == ["step_000000010", "step_000000020"]

@@ -428,5 +428,5 @@ def test_mlx_lm_numbered_adapter_file_survives_a_kill_after_its_checkpoint(tiny,
     env = {**os.environ, "FAULT_PAUSE": ""}
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=RUN_TIMEOUT)
     assert (tmp_path / "checkpoints" / "step_000000004").is_dir()
-    names = sorted(p.name for p in tmp_path.glob("*_adapters.safetensors"))
+    names = sorted(p.name for p in tmp_path.glob("[0-9]*_adapters.safetensors"))
     assert names == [f"{i:07d}_adapters.safetensors" for i in (2, 4, 6)]

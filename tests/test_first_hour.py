@@ -121,7 +121,7 @@ def test_a_polite_stop_says_where_the_checkpoint_is_and_its_command_resumes(buil
             process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
     out = "".join(lines)
-    stop = re.search(r"Stopped after iteration (\d+); checkpoint: (\S+)", out)
+    stop = re.search(r"Run stopped after iteration (\d+); checkpoint: (\S+)", out)
     assert stop, out[-800:]
     assert Path(stop[2]).is_dir() and Path(stop[2]).parent == folder / "checkpoints"
     assert printed_after(out, "TensorBoard:") == str(folder / "tensorboard" / folder.name)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,21 @@ def test_train_until_then_continue_in_process_is_exact(tiny, tmp_path, monkeypat
         assert read_scalars(parts_dir / "tensorboard", tag) == read_scalars(
             whole_dir / "tensorboard", tag
         ), tag
+
+
+def test_a_fresh_start_redoes_the_best_adapter_of_a_run_without_checkpoints(tiny, tmp_path, capsys):
+    sys.path.insert(0, str(HERE))
+    from lm_run import build
+
+    build(*tiny, tmp_path, iters=20, save_every=10)[0].train(until=2)  # validates at 1
+    shutil.rmtree(tmp_path / "checkpoints")  # as if killed before its first checkpoint
+    capsys.readouterr()
+    build(*tiny, tmp_path, iters=20, save_every=10)[0].train(until=10)
+    said = capsys.readouterr().out
+    assert f"Removed {tmp_path / 'best_adapters.safetensors'} of an earlier run" in said
+    assert "Moved" not in said
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000010"]
+    assert (tmp_path / "best_adapters.json").is_file()  # the fresh run's own
 
 
 def test_a_fresh_run_in_a_used_folder_sets_the_old_checkpoints_aside(tiny, tmp_path, capsys):

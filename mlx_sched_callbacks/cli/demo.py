@@ -160,14 +160,15 @@ def main(argv) -> None:
 
     from mlx_lm import lora
 
-    rprint = lora.rprint
+    printer = "rprint" if hasattr(lora, "rprint") else "print"  # mlx-lm < 0.29: print
+    mlx_lm_print = getattr(lora, printer, print)
 
     def say(*words, **kwargs):  # mlx-lm's words, made true of the demo's model
         if words == ("Loading pretrained model",):
             words = (f"Loading the tiny model in {out / 'model'} (random weights, built here)",)
-        rprint(*words, **kwargs)
+        mlx_lm_print(*words, **kwargs)
 
-    with replaced(lora, "rprint", say):
+    with replaced(lora, printer, say):
         summary = run_lora(
             lora_namespace,
             extra_callback=KillAt() if args.kill_at else None,

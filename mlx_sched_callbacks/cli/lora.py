@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 from .common import Parser, UserError, colour_wanted, one_line, parse_like, read_config
@@ -143,7 +144,7 @@ def run_lora(
     run in place of ``training.train()`` (``mlx-sched find-lr``). Returns what to tell the
     user at the end (:meth:`RunSummary.finished` says nothing if it did not train).
     """
-    from mlx_lm import cli_ui, lora
+    from mlx_lm import lora
 
     from ..trainers.common import replaced
     from ..trainers.mlx_lm import MlxLmTraining
@@ -194,10 +195,8 @@ def run_lora(
         )
 
     run_args = args
-    console = cli_ui.make_console if colour_wanted() else plain_console
     with (
-        replaced(lora, "make_console", console),
-        replaced(cli_ui, "make_console", console),
+        _consoles(lora),
         replaced(lora, "save_config", lambda *config: configs.append(config)),
         replaced(lora, "train", train),
         replaced(lora, "load", _checked_load(lora.load, model_where)),
@@ -205,6 +204,22 @@ def run_lora(
     ):
         lora.run(args)
     return summary
+
+
+@contextmanager
+def _consoles(lora):
+    """mlx-lm's rich console, plain when colour is not wanted; mlx-lm before 0.29 has none
+    (it prints plain text)."""
+    from ..trainers.common import replaced
+
+    try:
+        from mlx_lm import cli_ui
+    except ImportError:
+        yield
+        return
+    console = cli_ui.make_console if colour_wanted() else plain_console
+    with replaced(lora, "make_console", console), replaced(cli_ui, "make_console", console):
+        yield
 
 
 def plain_console():

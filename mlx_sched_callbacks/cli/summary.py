@@ -48,7 +48,7 @@ class RunSummary:
         """After :class:`~mlx_sched_callbacks.stopping.TrainingStopped`."""
         where = stop.checkpoint or "no checkpoint (a resume starts at iteration 1)"
         print(
-            f"Stopped after iteration {stop.iteration}; checkpoint: {where}\n"
+            f"Run stopped after iteration {stop.iteration}; checkpoint: {where}\n"
             f"  TensorBoard:  {self.log_dir}  (view: {tensorboard_command(self.log_dir)})\n"
             f"Continue with: {self.resume}",
             flush=True,

@@ -100,8 +100,17 @@ class Saving:
             for path in self.adapter_dir.glob("[0-9]" * 7 + "_adapters.safetensors")
             if int(path.name[:7]) > self.iteration
         ]
-        if self.iteration == 0:
-            adapters += [p for p in (self.best_adapter_file, self._best_info_file) if p.is_file()]
+        best = [p for p in (self.best_adapter_file, self._best_info_file) if p.is_file()]
+        if self.iteration > 0 or self.rank != 0:
+            best = []
+        if not (later or adapters) and best:
+            # A run killed before its first checkpoint (mlx-lm validates at iteration 1):
+            # this fresh start redoes it, as it redoes its adapters.safetensors.
+            for path in best:
+                path.unlink()
+            print(f"Removed {best[0]} of an earlier run that reached no checkpoint.", flush=True)
+            return
+        adapters += best
         if not (later or adapters) or self.rank != 0:
             return
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

@@ -102,12 +102,20 @@ def global_progress(run: TrainingRun, module):
         yield
 
 
+_ABSENT = object()
+
+
 @contextmanager
 def replaced(owner, name: str, value):
-    """``owner.name = value`` for the duration: how an adapter reaches into a trainer."""
-    original = getattr(owner, name)
+    """``owner.name = value`` for the duration: how an adapter reaches into a trainer.
+
+    ``owner`` must have ``name``, except for ``print``, which a module may shadow."""
+    original = getattr(owner, name) if name != "print" else vars(owner).get(name, _ABSENT)
     setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        if original is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
