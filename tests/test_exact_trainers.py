@@ -295,7 +295,7 @@ def checkpoint_steps(folder: Path) -> set:
 
 
 def numbered(folder: Path) -> list:
-    return sorted(p.name for p in folder.glob("*_adapters.safetensors"))
+    return sorted(p.name for p in folder.glob("[0-9]*_adapters.safetensors"))
 
 
 def assert_same_files(out: Path, whole: Path, extra_checkpoints=()):
