@@ -262,7 +262,7 @@ def test_a_fresh_start_redoes_the_best_adapter_of_a_run_without_checkpoints(tiny
     capsys.readouterr()
     build(*tiny, tmp_path, iters=20, save_every=10)[0].train(until=10)
     said = capsys.readouterr().out
-    assert f"Removed {tmp_path / 'best_adapters.safetensors'} of an earlier run" in said
+    assert "Removed best_adapters.safetensors and best_adapters.json of an earlier run" in said
     assert "Moved" not in said
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000010"]
     assert (tmp_path / "best_adapters.json").is_file()  # the fresh run's own

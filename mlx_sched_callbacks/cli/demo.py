@@ -168,7 +168,7 @@ def main(argv) -> None:
             words = (f"Loading the tiny model in {out / 'model'} (random weights, built here)",)
         mlx_lm_print(*words, **kwargs)
 
-    with replaced(lora, printer, say):
+    with replaced(lora, printer, say, may_be_absent=True):
         summary = run_lora(
             lora_namespace,
             extra_callback=KillAt() if args.kill_at else None,

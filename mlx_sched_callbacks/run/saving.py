@@ -94,6 +94,8 @@ class Saving:
         # start in a used folder): its checkpoints (a later resume would pick them up), its
         # numbered adapters and its best adapter. Moved aside together, not deleted; only
         # the newest KEEP_SET_ASIDE such folders are kept.
+        if self.rank != 0:
+            return
         later = [f for step, f in list_checkpoints(self.checkpoint_dir) if step > self.iteration]
         adapters = [
             path
@@ -101,17 +103,17 @@ class Saving:
             if int(path.name[:7]) > self.iteration
         ]
         best = [p for p in (self.best_adapter_file, self._best_info_file) if p.is_file()]
-        if self.iteration > 0 or self.rank != 0:
+        if self.iteration > 0:
             best = []
-        if not (later or adapters) and best:
-            # A run killed before its first checkpoint (mlx-lm validates at iteration 1):
-            # this fresh start redoes it, as it redoes its adapters.safetensors.
+        elif best and not (later or adapters):
+            # Alone, it is from a run killed before its first checkpoint (mlx-lm validates at
+            # iteration 1): this fresh start redoes it, as it redoes its adapters.safetensors.
             for path in best:
                 path.unlink()
-            print(f"Removed {best[0]} of an earlier run that reached no checkpoint.", flush=True)
+            names = " and ".join(p.name for p in best)
+            print(f"Removed {names} of an earlier run that reached no checkpoint.", flush=True)
             return
-        adapters += best
-        if not (later or adapters) or self.rank != 0:
+        if not (later or adapters or best):
             return
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         aside, n = self.checkpoint_dir / f"{SET_ASIDE}{stamp}", 0
@@ -119,16 +121,17 @@ class Saving:
             n += 1
             aside = self.checkpoint_dir / f"{SET_ASIDE}{stamp}-{n}"
         aside.mkdir(parents=True)
-        for path in later + adapters:
+        for path in later + adapters + best:
             os.replace(path, aside / path.name)
         dropped = sorted(self.checkpoint_dir.glob(f"{SET_ASIDE}*"))[:-KEEP_SET_ASIDE]
         for folder in dropped:
             shutil.rmtree(folder, ignore_errors=True)
         dropped = f"; removed the oldest {len(dropped)} set aside" if dropped else ""
         print(
-            f"Moved {len(later)} checkpoint(s) and {len(adapters)} adapter file(s) of an earlier "
-            f"run past iteration {self.iteration} to {aside} (the newest {KEEP_SET_ASIDE} such "
-            f"folders are kept{dropped}). Starting a fresh run; to continue the earlier one "
-            f"instead, stop this run, move them back and resume (--resume).",
+            f"Moved {len(later)} checkpoint(s) and {len(adapters + best)} adapter file(s) of an "
+            f"earlier run past iteration {self.iteration} to {aside} (the newest "
+            f"{KEEP_SET_ASIDE} such folders are kept{dropped}). Starting a fresh run; to "
+            f"continue the earlier one instead, stop this run, move them back and resume "
+            f"(--resume).",
             flush=True,
         )

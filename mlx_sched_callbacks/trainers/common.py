@@ -106,11 +106,12 @@ _ABSENT = object()
 
 
 @contextmanager
-def replaced(owner, name: str, value):
+def replaced(owner, name: str, value, may_be_absent: bool = False):
     """``owner.name = value`` for the duration: how an adapter reaches into a trainer.
 
-    ``owner`` must have ``name``, except for ``print``, which a module may shadow."""
-    original = getattr(owner, name) if name != "print" else vars(owner).get(name, _ABSENT)
+    ``owner`` must have ``name`` (a trainer that renamed it fails loudly), unless
+    ``may_be_absent``: a module global that shadows a builtin, such as ``print``."""
+    original = vars(owner).get(name, _ABSENT) if may_be_absent else getattr(owner, name)
     setattr(owner, name, value)
     try:
         yield
